@@ -1,0 +1,1 @@
+"""Prefect flows (installed as ``vidbatch.flows``): wiring and fan-out only."""

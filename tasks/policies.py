@@ -1,0 +1,30 @@
+"""Retry policies as named values, shared by the stage tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.tasks import exponential_backoff
+
+from vidbatch.errors import SubmitUncertainError, is_transient
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient errors (a plain function: Prefect 3.8 ignores callables)."""
+    try:
+        state.result()
+    except SubmitUncertainError:
+        return False  # the job may exist: the submit stage decides, never a blind retry
+    except Exception as exc:  # noqa: BLE001 - classification is the point
+        return is_transient(exc)
+    return False
+
+
+#: transient failures of a stage: 4 retries, 1 s, 2 s, 4 s, 8 s, with jitter
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 4,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_if_transient,
+}
+NO_RETRIES: dict[str, Any] = {"retries": 0}

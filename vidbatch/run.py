@@ -1,0 +1,334 @@
+"""One run of a manifest: build the context, drive items through the stages.
+
+``process_item`` sequences the five stages for one item and turns every outcome
+into a ``ReportRow``; it takes the stages as callables so that the flow passes
+Prefect tasks and unit tests pass the plain functions. ``drive`` pulls items from
+the streaming planner with a bounded number of workers, so planning, caching and
+submission overlap and nothing holds a 100k-item list of task runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+
+from vidbatch import inputs, pipeline, storage
+from vidbatch.errors import (
+    AuthError,
+    ConfigError,
+    InputError,
+    JobGoneError,
+    QuotaError,
+    VidbatchError,
+)
+from vidbatch.limits import ProviderLimiter
+from vidbatch.manifest import Manifest
+from vidbatch.pipeline import RunContext, UnknownSubmitError
+from vidbatch.providers import registry
+from vidbatch.providers.base import Provider, ProviderSettings
+from vidbatch.redact import register_secret
+from vidbatch.report import ReportRow
+from vidbatch.spec import Item, JobState
+from vidbatch.state import StateStore
+
+log = logging.getLogger("vidbatch")
+
+#: run contexts of this process by run id (tasks receive the id, not the object)
+CONTEXTS: dict[str, RunContext] = {}
+DEFAULT_HOSTED_CONCURRENCY = 4
+EMULATOR_CREDENTIALS = {
+    "FAL_KEY": "emulator-key:emulator-secret",
+    "SCENARIO_SDK_API_KEY": "emulator-key",
+    "SCENARIO_SDK_API_SECRET": "emulator-secret",
+    "REMOVEBGVIDEO_API_KEY": "emulator-key",
+}
+
+Event = Callable[[Item, str, ReportRow | None], None]
+
+
+def providers_used(items: Iterable[Item]) -> list[str]:
+    return sorted({i.spec.provider for i in items})
+
+
+def _secret_block(name: str) -> dict[str, str]:
+    """Credentials from a Prefect Secret block (a string, or a JSON mapping of names)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except Exception as exc:  # Prefect raises ValueError / ObjectNotFound variants
+        raise ConfigError(f"cannot load Prefect Secret block {name!r}: {exc}") from None
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return {"__single__": str(value)}
+
+
+def provider_settings(m: Manifest, name: str, emulator: str | None) -> ProviderSettings:
+    cfg = m.providers.get(name)
+    creds: dict[str, str] = {}
+    cls = registry.get_class(name)
+    if cfg and cfg.secret_block:
+        block = _secret_block(cfg.secret_block)
+        if "__single__" in block:
+            if len(cls.credential_names) != 1:
+                raise ConfigError(
+                    f"Secret block {cfg.secret_block!r} holds one value but {name} needs "
+                    f"{' and '.join(cls.credential_names)}; store a JSON object with those keys"
+                )
+            creds[cls.credential_names[0]] = block["__single__"]
+        else:
+            creds.update(block)
+    if emulator:
+        for cred in cls.credential_names:
+            if not creds.get(cred) and not os.environ.get(cred):
+                creds[cred] = EMULATOR_CREDENTIALS.get(cred, "emulator")
+    for value in creds.values():
+        register_secret(value)
+    for cred in cls.credential_names:
+        register_secret(os.environ.get(cred))
+    return ProviderSettings(
+        base_url=emulator or (cfg.base_url if cfg else None),
+        credentials=creds,
+        queue_wait_seconds=(cfg.queue_wait_seconds if cfg and cfg.queue_wait_seconds else 6 * 3600),
+        options=dict(cfg.options) if cfg else {},
+    )
+
+
+def make_providers(m: Manifest, names: Iterable[str], emulator: str | None) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for name in names:
+        provider = registry.create(name, provider_settings(m, name, emulator))
+        provider.check_credentials()
+        providers[name] = provider
+    return providers
+
+
+def make_limiters(m: Manifest, names: Iterable[str]) -> dict[str, ProviderLimiter]:
+    out: dict[str, ProviderLimiter] = {}
+    for name in names:
+        limit = m.limits.get(name)
+        default = (os.cpu_count() or 2) if name == "local" else DEFAULT_HOSTED_CONCURRENCY
+        out[name] = ProviderLimiter(
+            name,
+            concurrency=(limit.concurrency if limit and limit.concurrency else default),
+            requests_per_second=limit.requests_per_second if limit else None,
+        )
+    return out
+
+
+def new_context(m: Manifest, items: list[Item] | None, *, emulator: str | None = None, force: bool = False,
+                names: Iterable[str] | None = None) -> RunContext:
+    names = sorted(set(names or []) | set(providers_used(items or [])))
+    root = inputs.state_root(m)
+    ctx = RunContext(
+        run_id=uuid.uuid4().hex[:12],
+        state=StateStore(root, dict(m.storage_options)),
+        providers=make_providers(m, names, emulator),
+        limiters=make_limiters(m, names),
+        output_options=dict(m.storage_options),
+        force=force,
+    )
+    CONTEXTS[ctx.run_id] = ctx
+    return ctx
+
+
+async def close_context(ctx: RunContext) -> None:
+    CONTEXTS.pop(ctx.run_id, None)
+    for provider in ctx.providers.values():
+        try:
+            await provider.aclose()
+        except Exception:  # closing must not mask the run's outcome
+            log.debug("closing %s failed", provider.name, exc_info=True)
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The five stage callables (Prefect tasks in the flow, plain functions in tests)."""
+
+    stage: Callable[..., Awaitable[Any]]
+    submit: Callable[..., Awaitable[Any]]
+    poll: Callable[..., Awaitable[Any]]
+    download: Callable[..., Awaitable[Any]]
+    verify: Callable[..., Awaitable[Any]]
+
+
+def _row(ctx: RunContext, m: Manifest, item: Item, **kw: Any) -> ReportRow:
+    spec = item.spec
+    params: dict[str, Any] = {"format": spec.format, **dict(spec.params)}
+    if spec.operation == "remove-background":
+        params.update(background=spec.background, mask=spec.mask)
+    else:
+        params.update(factor=spec.factor, target=spec.target)
+    return ReportRow(
+        run_id=ctx.run_id, manifest=m.name, input=item.url, key=item.key, provider=spec.provider,
+        operation=spec.operation, model=spec.model, params=params, **kw,
+    )
+
+
+def cached_row(ctx: RunContext, m: Manifest, item: Item) -> ReportRow | None:
+    """A verified record from an earlier run whose outputs still exist, else None."""
+    if ctx.force:
+        return None
+    rec = ctx.state.read_record(item.key)
+    if not rec or rec.get("status") != "verified":
+        return None
+    recorded = list(rec.get("outputs") or [])
+    if not recorded or not all(storage.exists(o, ctx.output_options) for o in recorded):
+        return None
+    outputs = recorded
+    if recorded != item.outputs and len(recorded) == len(item.outputs):
+        # same content asked at a new path (e.g. a new {date}): copy, don't reprocess
+        for src, dst in zip(recorded, item.outputs):
+            if not storage.exists(dst, ctx.output_options):
+                storage.copy_atomic(src, dst, ctx.output_options)
+        outputs = item.outputs
+    return _row(
+        ctx, m, item, status="verified", cached=True, outputs=outputs, request_id=rec.get("request_id"),
+        cost_usd=0.0, verify=rec.get("verify") or {}, metrics=rec.get("metrics") or {},
+        warnings=list(rec.get("warnings") or []), timings={"total": 0.0},
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, AuthError):
+        return "auth"
+    if isinstance(exc, QuotaError):
+        return "quota"
+    if isinstance(exc, UnknownSubmitError):
+        return "unknown-submit"
+    if isinstance(exc, InputError):
+        return "input"
+    from vidbatch.errors import VerifyError
+
+    if isinstance(exc, VerifyError):
+        return "verify"
+    return type(exc).__name__.removesuffix("Error").lower() or "error"
+
+
+async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages) -> ReportRow:
+    """Run one item through the stages; every outcome becomes a report row."""
+    hit = await asyncio.to_thread(cached_row, ctx, m, item)
+    if hit is not None:
+        return hit
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    provider = ctx.provider(item.spec.provider)
+    request_id: str | None = None
+    cost: float | None = None
+    warnings: list[str] = []
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+    try:
+        prior = ctx.state.read_handle(item.key)
+        reattach = bool(prior and prior.get("state") == "submitted" and not ctx.force)
+        t0 = time.perf_counter()
+        staged, media = await stages.stage(ctx.run_id, item, upload=not reattach)
+        lap("stage", t0)
+        cost = provider.estimate(item.spec, media).usd
+        uploaded = not reattach
+        async with ctx.limiters[provider.name].slot():
+            for attempt in (1, 2):
+                t0 = time.perf_counter()
+                if attempt == 2 and not uploaded:
+                    staged, media = await stages.stage(ctx.run_id, item, upload=True)
+                    uploaded = True
+                handle = await stages.submit(ctx.run_id, item, staged, attempt=attempt,
+                                             note=warnings[-1] if warnings else "")
+                lap("submit", t0)
+                request_id = handle.request_id
+                ctx.in_flight[item.key] = handle
+                t0 = time.perf_counter()
+                try:
+                    status = await stages.poll(ctx.run_id, item, handle, media)
+                except JobGoneError as exc:
+                    if attempt == 2:
+                        raise
+                    ctx.state.delete_handle(item.key)
+                    warnings.append(f"remote job {handle.request_id} was gone ({exc}); resubmitted once")
+                    continue
+                finally:
+                    lap("poll", t0)
+                if status.state == JobState.CANCELED and attempt == 1 and reattach:
+                    ctx.state.delete_handle(item.key)
+                    warnings.append(f"remote job {handle.request_id} had been canceled; resubmitted once")
+                    continue
+                break
+            if status.cost_usd is not None:
+                cost = status.cost_usd
+            if status.state != JobState.SUCCEEDED:
+                ctx.state.delete_handle(item.key)  # terminal: a rerun may try again
+                reason = status.message or status.state.value
+                return _row(ctx, m, item, status="failed", error=f"{provider.name} job failed: {reason}",
+                            reason="job-failed", request_id=request_id, cost_usd=0.0 if not provider.paid else cost,
+                            timings=timings, warnings=warnings)
+            t0 = time.perf_counter()
+            outputs = await stages.download(ctx.run_id, item, handle)
+            lap("download", t0)
+        ctx.in_flight.pop(item.key, None)
+        t0 = time.perf_counter()
+        facts = await stages.verify(ctx.run_id, item, media, outputs, pipeline.input_local_path(item, staged))
+        lap("verify", t0)
+        metrics = facts.pop("metrics", {}) if isinstance(facts, dict) else {}
+        warnings.extend(facts.pop("warnings", []) if isinstance(facts, dict) else [])
+        timings["total"] = round(time.perf_counter() - t_all, 4)
+        row = _row(ctx, m, item, status="verified", outputs=outputs, request_id=request_id, cost_usd=cost,
+                   timings=timings, verify=facts, metrics=metrics, warnings=warnings)
+        record = {**row.safe(), "outputs": outputs}
+        await asyncio.to_thread(ctx.state.write_record, item.key, record)  # last: its presence means done
+        await asyncio.to_thread(ctx.state.delete_handle, item.key)
+        if hasattr(provider, "forget"):
+            provider.forget(handle)  # type: ignore[attr-defined]
+        return row
+    except VidbatchError as exc:
+        ctx.in_flight.pop(item.key, None)
+        timings["total"] = round(time.perf_counter() - t_all, 4)
+        return _row(ctx, m, item, status="failed", error=str(exc), reason=_reason(exc), request_id=request_id,
+                    cost_usd=cost if request_id and provider.paid else 0.0, timings=timings, warnings=warnings)
+
+
+async def drive(items: Iterator[Item], workers: int, fn: Callable[[Item], Awaitable[ReportRow]],
+                on_row: Callable[[Item, ReportRow], None] | None = None) -> list[ReportRow]:
+    """Run ``fn`` over a (lazy) item iterator with ``workers`` concurrent workers."""
+    rows: list[tuple[int, ReportRow]] = []
+    lock = asyncio.Lock()
+    exhausted = False
+    sentinel = object()
+
+    async def next_item() -> Item | None:
+        nonlocal exhausted
+        async with lock:
+            if exhausted:
+                return None
+            item = await asyncio.to_thread(next, items, sentinel)
+            if item is sentinel:
+                exhausted = True
+                return None
+            return item  # type: ignore[return-value]
+
+    async def worker() -> None:
+        while (item := await next_item()) is not None:
+            row = await fn(item)
+            rows.append((item.index, row))
+            if on_row:
+                on_row(item, row)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+    return [r for _, r in sorted(rows, key=lambda p: p[0])]
+
+
+def worker_count(ctx: RunContext) -> int:
+    """Enough workers to keep every provider's slots busy while others stage/verify."""
+    return sum(lim.concurrency for lim in ctx.limiters.values()) * 2 + 2
+
+
+def summary_counts(rows: list[ReportRow]) -> Mapping[str, int]:
+    from vidbatch.report import summarize
+
+    return summarize(rows)

@@ -1,0 +1,78 @@
+"""Run state on the output store: item records, durable job handles, temp cleanup.
+
+Layout under the state root (``{output root}/.vidbatch`` unless ``state:`` says
+otherwise), shared by every process and worker that runs the manifest::
+
+    records/<k2>/<key>.json   written LAST, after verify: its presence means done
+    handles/<k2>/<key>.json   the provider's job handle, written before submit
+                              returns (a write-ahead "submitting" intent first)
+
+Every write is atomic (temp key + promote), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from vidbatch import storage
+
+
+@dataclass(frozen=True)
+class StateStore:
+    root: str
+    storage_options: Mapping[str, Any]
+
+    def _url(self, kind: str, key: str) -> str:
+        return storage.join(self.root, kind, key[:2], f"{key}.json")
+
+    def _read(self, url: str) -> dict[str, Any] | None:
+        data = storage.read_bytes(url, self.storage_options)
+        if not data:
+            return None
+        try:
+            value = json.loads(data)
+        except json.JSONDecodeError:
+            return None  # a torn write cannot happen (atomic), but never crash on junk
+        return value if isinstance(value, dict) else None
+
+    def _write(self, url: str, value: Mapping[str, Any]) -> None:
+        storage.write_bytes_atomic(url, json.dumps(value, sort_keys=True, default=str).encode(), self.storage_options)
+
+    # -- records: the item is done -----------------------------------------
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        return self._read(self._url("records", key))
+
+    def write_record(self, key: str, record: Mapping[str, Any]) -> None:
+        self._write(self._url("records", key), record)
+
+    def delete_record(self, key: str) -> None:
+        storage.delete(self._url("records", key), self.storage_options)
+
+    # -- handles: a paid job exists ------------------------------------------
+    def read_handle(self, key: str) -> dict[str, Any] | None:
+        return self._read(self._url("handles", key))
+
+    def write_intent(self, key: str, provider: str, attempt: int, note: str = "") -> None:
+        """Write-ahead: we are about to send a submit for this item."""
+        self._write(
+            self._url("handles", key),
+            {"state": "submitting", "provider": provider, "at": time.time(), "attempt": attempt, "note": note},
+        )
+
+    def write_handle(self, key: str, handle: Mapping[str, Any], attempt: int, note: str = "") -> None:
+        self._write(
+            self._url("handles", key),
+            {"state": "submitted", "handle": dict(handle), "at": time.time(), "attempt": attempt, "note": note},
+        )
+
+    def delete_handle(self, key: str) -> None:
+        storage.delete(self._url("handles", key), self.storage_options)
+
+    def handles_url(self) -> str:
+        return storage.join(self.root, "handles")
+
+    def records_url(self) -> str:
+        return storage.join(self.root, "records")
