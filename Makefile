@@ -1,5 +1,6 @@
 # The two commands of the quick start: `make demo` and `make test`.
-PY ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# the first interpreter that runs and is 3.11 or 3.12 (mediapipe 0.10.21 has no 3.13 wheel)
+PY ?= $(shell for p in python3.11 python3.12 python3; do $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -7,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: demo test bench install clean
 
 $(VENV)/.installed: pyproject.toml
-	@$(PY) -c 'import sys; v=sys.version_info; sys.exit(0 if (3,11) <= v[:2] <= (3,12) else "vidbatch needs Python 3.11 or 3.12 (mediapipe 0.10.21 has no wheel for %d.%d); set PY=python3.11" % v[:2])'
+	@test -n "$(PY)" || { echo "vidbatch needs Python 3.11 or 3.12 (mediapipe 0.10.21 has no other wheels); install one or set PY=..."; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	@touch $@

@@ -55,6 +55,7 @@ async def process_manifest(
     ctx = run.new_context(m, None, emulator=emulator, force=force, names=static_provider_names(m))
     started = time.time()
     try:
+        await run.start_global_limits(ctx, m)
         items = inputs.iter_items(m)
 
         async def one(item: Item) -> ReportRow:
@@ -68,7 +69,11 @@ async def process_manifest(
             for hook in ROW_HOOKS:
                 hook(item, row)
 
-        rows = await run.drive(items, run.worker_count(ctx), one, on_row)
+        try:
+            rows = await run.drive(items, run.worker_count(ctx), one, on_row)
+        except BaseException:  # Ctrl-C, Prefect cancellation, a crash of the driver
+            await run.cancel_in_flight(ctx)
+            raise
     finally:
         await run.close_context(ctx)
     summary = summarize(rows)
@@ -78,7 +83,7 @@ async def process_manifest(
     if report:
         write_jsonl(report, rows)
         summary["report_copy"] = report
-    _artifacts(m.name, rows, summary)
+    await _artifacts(m.name, rows, summary)
     logger.info("%s: %s", m.name, {k: v for k, v in summary.items() if k != "rows"})
     summary["rows"] = [r.safe() for r in rows]
     return summary
@@ -92,16 +97,16 @@ def _add_provider(ctx: run.RunContext, m: Any, name: str, emulator: str | None) 
     ctx.providers, ctx.limiters = providers, limiters
 
 
-def _artifacts(name: str, rows: list[ReportRow], summary: dict[str, Any]) -> None:
+async def _artifacts(name: str, rows: list[ReportRow], summary: dict[str, Any]) -> None:
     """A table and a markdown summary artifact per run (secrets already redacted)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
     table = [
         {k: r.safe()[k] for k in ("input", "status", "cached", "provider", "operation", "model", "error", "cost_usd")}
         for r in rows[:1000]
     ]
     key = "".join(c if c.isalnum() else "-" for c in name.lower())[:60]
-    create_table_artifact(table=table, key=f"{key}-items", description=f"vidbatch items of {name}")
+    await acreate_table_artifact(table=table, key=f"{key}-items", description=f"vidbatch items of {name}")
     md = [f"# vidbatch: {name}", "", "| items | verified | failed | skipped | cached | cost (USD) |",
           "|---|---|---|---|---|---|",
           f"| {summary['items']} | {summary['verified']} | {summary['failed']} | {summary['skipped']} | "
@@ -109,4 +114,4 @@ def _artifacts(name: str, rows: list[ReportRow], summary: dict[str, Any]) -> Non
     failed = [r for r in rows if r.status == "failed"][:50]
     if failed:
         md += ["", "## Failures", ""] + [f"- `{r.safe()['input']}`: {r.safe()['error']}" for r in failed]
-    create_markdown_artifact(markdown="\n".join(md), key=f"{key}-summary", description=f"vidbatch run of {name}")
+    await acreate_markdown_artifact(markdown="\n".join(md), key=f"{key}-summary", description=f"vidbatch run of {name}")

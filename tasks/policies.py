@@ -9,10 +9,14 @@ from prefect.tasks import exponential_backoff
 from vidbatch.errors import SubmitUncertainError, is_transient
 
 
-def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only transient errors (a plain function: Prefect 3.8 ignores callables)."""
+async def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient errors.
+
+    A plain ``async def``: Prefect 3.8 ignores callable objects and partials, and
+    in an async task ``state.result()`` would return an un-awaited coroutine.
+    """
     try:
-        state.result()
+        await state.aresult()
     except SubmitUncertainError:
         return False  # the job may exist: the submit stage decides, never a blind retry
     except Exception as exc:  # noqa: BLE001 - classification is the point

@@ -23,7 +23,7 @@ from vidbatch import prefect_env
 from vidbatch.errors import ConfigError, VidbatchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run hosted video AI models in bulk.")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 DEBUG = {"on": False}
 
@@ -150,15 +150,15 @@ def _progress_hook(total: int):  # type: ignore[no-untyped-def]
 
 def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"vidbatch run ({summary['seconds']} s)")
-    for col in ("input", "provider", "operation", "status", "cached", "outputs / error"):
+    for col in ("input", "operation", "provider", "status", "output / error"):
         table.add_column(col, overflow="fold")
     for r in summary["rows"]:
         colour = {"verified": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
-        detail = r["error"] if r["status"] != "verified" else "\n".join(r["outputs"])
+        status = f"[{colour}]{r['status']}[/]" + (" (cached)" if r["cached"] else "")
+        detail = r["error"] if r["status"] != "verified" else "\n".join(os.path.basename(o) for o in r["outputs"])
         if r.get("warnings"):
             detail += "\n[yellow]" + "; ".join(r["warnings"]) + "[/]"
-        table.add_row(os.path.basename(r["input"]) or r["input"], r["provider"], r["operation"],
-                      f"[{colour}]{r['status']}[/]", "yes" if r["cached"] else "", detail)
+        table.add_row(os.path.basename(r["input"]) or r["input"], r["operation"], r["provider"], status, detail)
     return table
 
 

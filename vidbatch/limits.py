@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 
 @dataclass
@@ -49,6 +49,9 @@ class ProviderLimiter:
     _bucket: TokenBucket | None = field(default=None, init=False)
     in_flight: int = field(default=0, init=False)
     max_in_flight: int = field(default=0, init=False)
+    #: cross-process limits (``vidbatch.leases``) when running against a server
+    global_slots: Any = None
+    global_rate: Any = None
 
     def __post_init__(self) -> None:
         self._sem = asyncio.Semaphore(self.concurrency)
@@ -58,7 +61,7 @@ class ProviderLimiter:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """One job in flight: held from submit until its result is downloaded."""
-        async with self._sem:
+        async with self._sem, (self.global_slots.slot() if self.global_slots else _nothing()):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
@@ -69,6 +72,18 @@ class ProviderLimiter:
     @contextlib.asynccontextmanager
     async def request(self) -> AsyncIterator[None]:
         """One API request, paced by ``requests_per_second``."""
-        if self._bucket is not None:
+        if self.global_rate is not None:
+            await self.global_rate.take()
+        elif self._bucket is not None:
             await self._bucket.take()
         yield
+
+    async def close(self) -> None:
+        for part in (self.global_slots, self.global_rate):
+            if part is not None:
+                await part.close()
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield

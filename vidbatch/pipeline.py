@@ -60,6 +60,8 @@ class RunContext:
     poll_deadline_factor: float = 120.0
     poll_deadline_min: float = 1800.0
     in_flight: dict[str, JobHandle] = field(default_factory=dict)
+    lease_registry: Any = None
+    budget: Any = None
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]

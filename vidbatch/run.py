@@ -126,6 +126,7 @@ def new_context(m: Manifest, items: list[Item] | None, *, emulator: str | None =
     names = sorted(set(names or []) | set(providers_used(items or [])))
     root = inputs.state_root(m)
     ctx = RunContext(
+        budget=BudgetGuard(m.budget.max_usd, dict(m.budget.providers)) if m.budget else None,
         run_id=uuid.uuid4().hex[:12],
         state=StateStore(root, dict(m.storage_options)),
         providers=make_providers(m, names, emulator),
@@ -137,13 +138,120 @@ def new_context(m: Manifest, items: list[Item] | None, *, emulator: str | None =
     return ctx
 
 
+async def start_global_limits(ctx: RunContext, m: Manifest) -> bool:
+    """Against a Prefect server, back each provider's limits by global limits."""
+    from vidbatch import leases
+
+    if not leases.server_mode():
+        return False
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for name, lim in ctx.limiters.items():
+            await client.upsert_global_concurrency_limit_by_name(leases.limit_name(name), lim.concurrency)
+            if lim.requests_per_second:
+                await client.upsert_global_concurrency_limit_by_name(
+                    leases.rate_name(name), max(1, int(lim.requests_per_second)),
+                    slot_decay_per_second=lim.requests_per_second,
+                )
+    await leases.reclaim_dead_holders(ctx.state.root, dict(ctx.state.storage_options))
+    registry = leases.LeaseRegistry(ctx.state.root, dict(ctx.state.storage_options))
+    ctx.lease_registry = registry
+    for name, lim in ctx.limiters.items():
+        lim.global_slots = leases.GlobalSlots(leases.limit_name(name), registry)
+        if lim.requests_per_second:
+            lim.global_rate = leases.GlobalRate(leases.rate_name(name), lim.requests_per_second)
+    return True
+
+
 async def close_context(ctx: RunContext) -> None:
     CONTEXTS.pop(ctx.run_id, None)
+    for lim in ctx.limiters.values():
+        try:
+            await lim.close()
+        except Exception:  # releasing is best effort; leases expire on their own
+            log.debug("releasing %s limits failed", lim.name, exc_info=True)
+    if ctx.lease_registry is not None:
+        await asyncio.to_thread(ctx.lease_registry.close)
     for provider in ctx.providers.values():
         try:
             await provider.aclose()
         except Exception:  # closing must not mask the run's outcome
             log.debug("closing %s failed", provider.name, exc_info=True)
+
+
+@dataclass
+class BudgetGuard:
+    """``budget:``: stop submitting before spent + in flight would cross a cap.
+
+    Checked right before each submit, with no await between check and commit,
+    so concurrent items cannot overshoot together. Once a cap refuses an item,
+    submission stops for that scope and the rest are skipped with reason budget.
+    """
+
+    max_usd: float | None = None
+    providers: Mapping[str, float] = field(default_factory=dict)
+    spent: dict[str, float] = field(default_factory=dict)
+    committed: dict[str, float] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)
+
+    @property
+    def active(self) -> bool:
+        return self.max_usd is not None or bool(self.providers)
+
+    def _total(self, table: Mapping[str, float], provider: str | None = None) -> float:
+        return sum(v for k, v in table.items() if provider is None or k == provider)
+
+    def commit(self, provider: str, estimate: float | None, paid: bool) -> str | None:
+        """Reserve ``estimate``; returns the refusal reason, or None when allowed."""
+        if not self.active or not paid:
+            return None
+        scopes = [s for s in ("*", provider) if s in self.stopped]
+        if scopes:
+            return "budget: submission stopped earlier in this run because the budget was reached"
+        if estimate is None:
+            return (f"budget: {provider} has no price estimate for this item, so a budget cannot be enforced; "
+                    "remove budget: or choose a provider/model with a published price")
+        checks = []
+        if self.max_usd is not None:
+            checks.append(("*", self.max_usd, self._total(self.spent) + self._total(self.committed)))
+        if provider in self.providers:
+            checks.append((provider, self.providers[provider],
+                           self._total(self.spent, provider) + self._total(self.committed, provider)))
+        for scope, cap, used in checks:
+            if used + estimate > cap + 1e-9:
+                self.stopped.add(scope)
+                where = "max_usd" if scope == "*" else f"providers.{provider}"
+                return (f"budget: this item's estimate ${estimate:.4f} on top of ${used:.4f} spent or in flight "
+                        f"would cross {where} ${cap:.2f}")
+        self.committed[provider] = self.committed.get(provider, 0.0) + estimate
+        return None
+
+    def settle(self, provider: str, estimate: float | None, actual: float | None) -> None:
+        if not self.active:
+            return
+        self.committed[provider] = self.committed.get(provider, 0.0) - (estimate or 0.0)
+        self.spent[provider] = self.spent.get(provider, 0.0) + (actual if actual is not None else (estimate or 0.0))
+
+
+async def cancel_in_flight(ctx: RunContext) -> None:
+    """Ctrl-C / Prefect cancellation: cancel remote jobs where the provider can.
+
+    A cancelled job's handle is dropped; where cancel is unsupported (or refused)
+    the handle stays, so a rerun re-attaches instead of paying again.
+    """
+    for key, handle in list(ctx.in_flight.items()):
+        provider = ctx.providers.get(handle.provider)
+        if provider is None:
+            continue
+        try:
+            accepted = await asyncio.wait_for(provider.cancel(handle), timeout=10)
+        except (VidbatchError, asyncio.TimeoutError):
+            accepted = False
+        if accepted:
+            ctx.state.delete_handle(key)
+        log.warning("%s job %s: %s", provider.name, handle.request_id,
+                    "cancelled" if accepted else "cannot be cancelled; handle kept for re-attach")
 
 
 @dataclass(frozen=True)
@@ -221,6 +329,9 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
     request_id: str | None = None
     cost: float | None = None
     warnings: list[str] = []
+    estimate: float | None = None
+    budget: BudgetGuard = ctx.budget or BudgetGuard()
+    committed = False  # a budget reservation to settle
 
     def lap(name: str, t0: float) -> None:
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 4)
@@ -231,9 +342,14 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
         t0 = time.perf_counter()
         staged, media = await stages.stage(ctx.run_id, item, upload=not reattach)
         lap("stage", t0)
-        cost = provider.estimate(item.spec, media).usd
+        estimate = cost = provider.estimate(item.spec, media).usd
         uploaded = not reattach
         async with ctx.limiters[provider.name].slot():
+            refusal = None if reattach else budget.commit(provider.name, estimate, provider.paid)
+            if refusal:
+                return _row(ctx, m, item, status="skipped", error=refusal, reason="budget", cost_usd=0.0,
+                            timings=timings)
+            committed = not reattach
             for attempt in (1, 2):
                 t0 = time.perf_counter()
                 if attempt == 2 and not uploaded:
@@ -262,6 +378,9 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
                 break
             if status.cost_usd is not None:
                 cost = status.cost_usd
+            if committed:
+                budget.settle(provider.name, estimate, cost if status.state == JobState.SUCCEEDED else 0.0)
+                committed = False
             if status.state != JobState.SUCCEEDED:
                 ctx.state.delete_handle(item.key)  # terminal: a rerun may try again
                 reason = status.message or status.state.value
@@ -287,6 +406,8 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
             provider.forget(handle)  # type: ignore[attr-defined]
         return row
     except VidbatchError as exc:
+        if committed:
+            budget.settle(provider.name, estimate, None)
         ctx.in_flight.pop(item.key, None)
         timings["total"] = round(time.perf_counter() - t_all, 4)
         return _row(ctx, m, item, status="failed", error=str(exc), reason=_reason(exc), request_id=request_id,
