@@ -125,3 +125,12 @@ def test_schema_command() -> None:
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert '"videos"' in result.output and '"version"' in result.output
+
+
+def test_unknown_metric_in_verify_rules(tmp_path: Path, clip: str) -> None:
+    (tmp_path / "m.yaml").write_text(BASE.replace("{clip}", clip).replace("{{", "{").replace("}}", "}")
+                                     + "verify:\n  alpha_flicker: {max: 0.01}\n  edge_flikker: {max: 0.1}\n")
+    result = runner.invoke(app, ["validate", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 2
+    assert "unknown metric 'edge_flikker'" in result.output and "did you mean 'edge_flicker'" in result.output
+    assert "m.yaml:8:" in result.output

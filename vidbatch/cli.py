@@ -226,6 +226,34 @@ def inspect(path: str = typer.Argument(..., help="A video file (local path or fs
 
 
 @app.command()
+def compare(
+    manifests: list[str] = typer.Argument(..., help="A manifest with a compare: section, or two or more manifests."),
+    emulator: Optional[str] = typer.Option(None, help="Send hosted providers to this emulator base URL."),
+    force: bool = typer.Option(False, help="Reprocess cached items."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run one clip set through several variants; table + side-by-side HTML."""
+
+    def body() -> int:
+        prefect_env.apply(quiet=not verbose)
+        from vidbatch.compare import SHOWN, compare as run_compare
+
+        result = asyncio.run(run_compare(manifests, emulator=emulator, force=force))
+        table = Table(title="compare")
+        cols = ["variant", "provider", "model", "verified", "failed", "cost_usd", "seconds_per_item"]
+        cols += [c for c in SHOWN if any(r.get(c) is not None for r in result["table"])]
+        for c in cols:
+            table.add_column(c, overflow="fold")
+        for r in result["table"]:
+            table.add_row(*("-" if r.get(c) is None else str(r.get(c)) for c in cols))
+        out.print(table)
+        out.print(f"side by side: {result['html']}")
+        return 1 if result["failed"] else 0
+
+    guarded(body)
+
+
+@app.command()
 def emulator(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8787),
@@ -253,3 +281,4 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+import vidbatch.cli_status  # noqa: E402,F401  (status, deploy: issue 6)

@@ -234,9 +234,24 @@ def parse_manifest(data: Any, pos: Positions, source: str = "") -> Manifest:
     return manifest
 
 
+def _check_rules(m: Manifest, rules: Mapping[str, Any] | None, path: Path) -> None:
+    from vidbatch.metrics import validate_rules
+
+    for name, rule in (rules or {}).items():
+        try:
+            validate_rules({name: rule})
+        except ValueError as exc:
+            raise m.error(path + (name,), str(exc)) from None
+
+
 def _check_semantics(m: Manifest) -> None:
     """Checks that need more than one field; per-item checks happen in ``plan``."""
     _check_template(m, m.output, ("output",))
+    _check_rules(m, m.verify, ("verify",))
+    _check_rules(m, m.defaults.verify, ("defaults", "verify"))
+    for i, entry in enumerate(m.videos):
+        if not isinstance(entry, str):
+            _check_rules(m, entry.verify, ("videos", i, "verify"))
     d = m.defaults
     if d.factor is not None and d.target is not None:
         raise m.error(("defaults", "target"), "give either factor or target, not both")

@@ -273,7 +273,9 @@ def verify_item(ctx: RunContext, item: Item, media_in: MediaInfo, outputs: list[
             if tmp:
                 made.append(p)
         mask_path = paths[1] if len(paths) > 1 else None
-        return verify_mod.verify_outputs(item, media_in, paths[0], mask_path=mask_path, input_path=input_local)
+        facts = verify_mod.verify_outputs(item, media_in, paths[0], mask_path=mask_path, input_path=input_local)
+        facts["warnings"] = verify_mod.apply_thresholds(item, facts.get("metrics") or {})
+        return facts
     except (OSError, StorageError) as exc:
         raise VerifyError(f"cannot read output for verification: {exc}") from exc
     finally:

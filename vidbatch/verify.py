@@ -122,3 +122,16 @@ def compute_metrics(item: Item, input_path: str, output_path: str, mask_path: st
         item.spec.operation, input_path, output_path, mask_path=mask_path, background=item.spec.background
     )
     return {k: (round(float(v), 6) if isinstance(v, (int, float, np.floating)) else v) for k, v in values.items()}
+
+
+def apply_thresholds(item: Item, metrics: dict[str, float]) -> list[str]:
+    """``verify:`` rules: ``on_fail: warn`` flags the item, ``fail`` fails it."""
+    if not item.thresholds:
+        return []
+    from vidbatch.metrics import check_thresholds
+
+    violations = check_thresholds(metrics, item.thresholds)
+    failed = [v for v in violations if v.on_fail == "fail"]
+    if failed:
+        raise VerifyError("quality threshold failed: " + "; ".join(str(v) for v in failed))
+    return [f"quality threshold: {v}" for v in violations]

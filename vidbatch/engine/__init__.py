@@ -15,6 +15,7 @@ cached rerun does no engine work).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ MODELS: dict[str, tuple[str, ...]] = {
     "upscale": ("lanczos",),
 }
 DEFAULT_MODEL: dict[str, str] = {"remove-background": "selfie-landscape", "upscale": "lanczos"}
+
+# mediapipe's C++ logging (glog/TFLite) prints GPU/EGL notices on every model load;
+# it must be silenced before mediapipe is first imported
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 CALLS: Counter[str] = Counter()
 _calls_lock = threading.Lock()
