@@ -90,14 +90,52 @@ def probe_input(item: Item) -> MediaInfo:
         if not os.path.exists(path):
             raise InputError(f"input not found: {item.url}")
         return media.probe(path)
-    if storage.protocol_of(item.url) in ("http", "https"):
-        return media.probe(item.url)
     fs, path = storage.fs_for(item.url, item.storage_options)
     try:
-        with fs.open(path, "rb") as fh:
-            return media.probe(fh)
+        with fs.open(path, "rb", block_size=2 * 1024 * 1024) as fh:
+            return probe_stream(fh, item.url, int(item.size) if item.size else -1)
     except FileNotFoundError:
         raise InputError(f"input not found: {item.url}") from None
+
+
+def probe_stream(fh: Any, url: str, size: int = 0) -> MediaInfo:
+    """Probe a remote input through a file object, reading the header only.
+
+    Remote inputs are not copied just to be probed (a hosted provider reads
+    them itself). Frames are counted by demuxing (no decoding) only when the
+    container's header has no frame count.
+    """
+    import av
+
+    from vidbatch.redact import redact_url
+
+    name = redact_url(url)
+    if size == 0:  # -1: unknown (an http input without a size)
+        raise InputError(f"input is empty (0 bytes): {name}")
+    try:
+        with av.open(fh, "r") as container:
+            if not container.streams.video:
+                raise InputError(f"no video stream in {name} (audio-only or not a video)")
+            vs = container.streams.video[0]
+            fps = float(vs.average_rate or vs.guessed_rate or 0)
+            if vs.duration and vs.time_base:
+                duration = float(vs.duration * vs.time_base)
+            else:
+                duration = float(container.duration or 0) / 1e6
+            frames = int(vs.frames or 0)
+            if not frames:
+                frames = sum(1 for pkt in container.demux(vs) if pkt.size)
+            if not duration and fps:
+                duration = frames / fps
+            pix = vs.codec_context.pix_fmt or ""
+            return MediaInfo(
+                width=vs.codec_context.width, height=vs.codec_context.height, fps=fps, frames=frames,
+                duration=round(duration, 6), codec=vs.codec_context.name, pix_fmt=pix,
+                container=container.format.name, has_alpha="a" in pix.replace("gray", ""),
+                has_audio=bool(container.streams.audio), size=size,
+            )
+    except av.FFmpegError as exc:
+        raise InputError(f"{name} is not a readable video ({type(exc).__name__})") from None
 
 
 async def stage(ctx: RunContext, item: Item) -> tuple[StagedInput, MediaInfo]:
