@@ -109,6 +109,8 @@ class LocalProvider(Provider):
         task = self._task(handle)
         if not task.done():
             return JobStatus(JobState.RUNNING)
+        if task.cancelled():
+            return JobStatus(JobState.CANCELED, message="cancelled")
         exc = task.exception()
         if exc is not None:
             return JobStatus(JobState.FAILED, message=str(exc) or type(exc).__name__)
