@@ -102,6 +102,7 @@ def matting(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         "input": write_video(d / "in.mp4", inp),
         "stable": write_video(d / "stable.webm", stable),
+        "half_rate": write_video(d / "half_rate.webm", stable[::2], fps=FPS // 2),
         "flicker": write_video(d / "flicker.webm", flicker),
         "clean": write_video(d / "clean.webm", clean),
         "clean_zip": write_zip(d / "clean.zip", clean),
@@ -174,6 +175,14 @@ def test_mask_agreement_and_opaque_outputs(matting: dict[str, str]) -> None:
     assert green["mask_agreement"] > 0.95
     assert abs(green["coverage_mean"] - good["coverage_mean"]) < 0.02
     assert green["alpha_flicker"] < 0.01
+
+
+def test_frames_are_paired_by_time(matting: dict[str, str]) -> None:
+    # a 12 fps output of a 24 fps input (a GIF would do this): frame k is input frame 2k
+    m = compute_metrics("remove-background", matting["input"], matting["half_rate"], mask_path=matting["mask"])
+    assert m["frames"] == N // 2
+    assert m["mask_agreement"] > 0.97  # paired by index it would drift by 2 px per frame
+    assert m["alpha_flicker"] < 0.002
 
 
 def test_working_size_does_not_change_the_verdict(matting: dict[str, str]) -> None:

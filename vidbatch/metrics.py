@@ -63,7 +63,8 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
         "Transparent outputs only, on up to 12 frames at full resolution: for edge pixels (0.04<α<0.96) with a "
         "local background colour B (the input around the matte, where α≈0) and foreground colour F (the output "
         "where α≈1) at least 0.1 apart, β = clip((C−F)·(B−F)/|B−F|², 0, 1); fg_bleed = Σβ / Σ(1−α). "
-        "1 = the edge keeps all the background the input mixed in (no decontamination), 0 = none left.",
+        "1 = the edge keeps all the background the input mixed in (no decontamination), 0 = none left. "
+        "Left out when there are no such pixels (a binary GIF matte).",
         "0..1", "lower", "< 0.5 if colours are decontaminated; ~1.0 is usual (edges keep the input's colours)"),
     MetricInfo(
         "mask_agreement", "remove-background",
@@ -72,11 +73,13 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo(
         "coverage_mean", "remove-background",
         "Mean α over all pixels and frames (share of the frame that is foreground). For opaque outputs α is "
-        "derived from the colour: ((C−K)·(I−K))/|I−K|² with K the background colour and I the input.",
+        "derived from the colour: ((C−K)·(I−K))/|I−K|² clipped to 0..1, with K the background colour (or "
+        "image, cover-fitted as the engine does) and I the input: approximate where I≈K.",
         "0..1", "-", "clip dependent"),
     MetricInfo(
         "fidelity_psnr", "upscale",
-        "Luma PSNR (dB) of the output area-downscaled to the working size vs the input at the same size, "
+        "Luma PSNR (dB) of the output area-downscaled to the working size vs the input at the same size "
+        "(the input fitted in max_side, 320 by default; max_side=0 compares at the input's own size), "
         "from the MSE pooled over all frames (capped at 100).",
         "dB", "higher", "> 35"),
     MetricInfo(
@@ -607,10 +610,40 @@ def _stride(count: int) -> int:
     return max(1, math.ceil(count / _SAMPLES)) if count else 10
 
 
-def _remove_bg(out_src: _Source, fin: _Follower, fmask: _Follower | None, background: str,
-               max_side: int) -> dict[str, float]:
+def _derived_alpha(so: Small, si: Small, k: tuple[np.ndarray, ...]) -> np.ndarray:
+    """α of an opaque output: where its colour C lies between the new background K and
+    the input I, ((C−K)·(I−K)) / |I−K|², clipped to 0..1 (in place: runs every frame)."""
+    dot = nrm = None
+    for c, i, kc in zip((so.y, so.cb, so.cr), (si.y, si.cb, si.cr), k):
+        ik = i - kc
+        ck = c - kc
+        ck *= ik
+        ik *= ik
+        dot, nrm = (ck, ik) if dot is None else (dot + ck, nrm + ik)
+    np.maximum(nrm, 1e-3, out=nrm)
+    dot /= nrm
+    return np.clip(dot, 0.0, 1.0, out=dot)
+
+
+_DIL3 = np.ones((3, 3), np.uint8)
+
+
+def _unexplained(si: Small, pi: Small) -> np.ndarray:
+    """w = clip(1 − d/0.1, 0, 1), d = the input's own change (max of |ΔY|, |ΔCb|, |ΔCr|)
+    dilated 3x3 (an edge that moved a pixel further than the input's edge still counts)."""
     import cv2
 
+    d = cv2.absdiff(si.y, pi.y)
+    cv2.max(d, cv2.absdiff(si.cb, pi.cb), dst=d)
+    cv2.max(d, cv2.absdiff(si.cr, pi.cr), dst=d)
+    w = cv2.dilate(d, _DIL3)
+    w *= -10.0
+    w += 1.0
+    return np.maximum(w, 0.0, out=w)  # d >= 0, so w <= 1 already
+
+
+def _remove_bg(out_src: _Source, fin: _Follower, fmask: _Follower | None, background: str,
+               max_side: int) -> dict[str, float]:
     transparent = background == "transparent"
     stride = _stride(out_src.count)
     size: tuple[int, int] | None = None
@@ -621,7 +654,6 @@ def _remove_bg(out_src: _Source, fin: _Follower, fmask: _Follower | None, backgr
     u_prev: float | None = None
     cov = inter = union = 0.0
     bleed_b = bleed_n = 0.0
-    dil = np.ones((3, 3), np.uint8)
     for k, out in enumerate(out_src.frames):
         inp = fin.at(out.t)
         if inp is None:
@@ -638,10 +670,7 @@ def _remove_bg(out_src: _Source, fin: _Follower, fmask: _Follower | None, backgr
             so = out.small(w, h)
             if kbg is None:
                 kbg = _background(background, out.size, size, out.matrix)
-            # α from where the output colour lies between the new background K and the input I
-            dot = sum((c - kc) * (i - kc) for c, i, kc in zip((so.y, so.cb, so.cr), (si.y, si.cb, si.cr), kbg))
-            nrm = sum((i - kc) ** 2 for i, kc in zip((si.y, si.cb, si.cr), kbg))
-            a = np.clip(dot / np.maximum(nrm, 1e-3), 0.0, 1.0)
+            a = _derived_alpha(so, si, kbg)
         band = _band(a)
         cov += float(a.mean())
         if fmask is not None:
@@ -656,17 +685,18 @@ def _remove_bg(out_src: _Source, fin: _Follower, fmask: _Follower | None, backgr
             bleed_b, bleed_n = bleed_b + b, bleed_n + nb
         if prev is not None:
             pi, pa, pband = prev
-            d = np.maximum(np.maximum(np.abs(si.y - pi.y), np.abs(si.cb - pi.cb)), np.abs(si.cr - pi.cr))
-            wgt = np.clip(1.0 - cv2.dilate(d, dil) * 10.0, 0.0, 1.0)  # 1 - d/0.1
-            da = a - pa
-            wda = wgt * np.abs(da)
-            flick += float(wda.mean())
-            eb = band | pband
+            wgt = _unexplained(si, pi).ravel()
+            da = (a - pa).ravel()
+            # sums as BLAS dot products: no temporaries (this loop runs once per frame)
+            u = float(np.dot(wgt, da)) / da.size
+            np.abs(da, out=da)
+            flick += float(np.dot(wgt, da)) / da.size
+            eb = (band | pband).ravel()
             en = np.count_nonzero(eb)
             if en:
-                edge += float(wda[eb].sum())
+                wgt *= eb
+                edge += float(np.dot(wgt, da))
                 edge_n += en
-            u = float((wgt * da).mean())
             if u_prev is not None:
                 pulse += abs(u - u_prev) / 2.0
             u_prev = u
