@@ -33,6 +33,7 @@ from vidbatch.errors import (
     VerifyError,
 )
 from vidbatch.limits import ProviderLimiter
+from vidbatch.polling import Pace, PollSchedule
 from vidbatch.providers.base import Provider
 from vidbatch.spec import Artifact, Item, JobHandle, JobState, JobStatus, MediaInfo, StagedInput
 from vidbatch.state import StateStore
@@ -57,9 +58,14 @@ class RunContext:
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="vidbatch-"))
     #: observed job seconds per second of video, per (provider, operation): poll economy
     pace: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: mean relative deviation of those observations, and how many there were
+    pace_spread: dict[tuple[str, str], float] = field(default_factory=dict)
+    pace_count: dict[tuple[str, str], int] = field(default_factory=dict)
     poll_deadline_factor: float = 120.0
     poll_deadline_min: float = 1800.0
     in_flight: dict[str, JobHandle] = field(default_factory=dict)
+    #: items whose job an earlier run submitted (it may have left temp keys behind)
+    reattached: set[str] = field(default_factory=set)
     lease_registry: Any = None
     budget: Any = None
 
@@ -71,13 +77,52 @@ class RunContext:
         per = self.pace.get((item.spec.provider, item.spec.operation))
         return max(1.0, (per if per is not None else 2.0) * max(duration, 0.1))
 
+    def pace_estimate(self, item: Item, media: MediaInfo | None) -> Pace | None:
+        """The learned job time of this item (None before the first job of its kind finished).
+
+        The margin widens with the observed spread (3x the mean relative deviation,
+        at least 10 %; 25 % after a single observation).
+        """
+        key = (item.spec.provider, item.spec.operation)
+        per = self.pace.get(key)
+        if per is None:
+            return None
+        duration = media.duration if media and media.duration > 0 else 10.0
+        n = self.pace_count.get(key, 1)
+        margin = 0.25 if n < 2 else min(0.5, max(0.1, 3.0 * self.pace_spread.get(key, 0.0)))
+        return Pace(per * max(duration, 0.1), margin)
+
+    def seed_pace(self, doc: Mapping[str, Any]) -> None:
+        """Paces an earlier run learned (``StateStore.read_pace``): one observation each
+        (25 % margin) until this run learns its own."""
+        for name, value in doc.items():
+            provider, _, operation = str(name).partition("/")
+            try:
+                per, spread = float(value["pace"]), float(value.get("spread", 0.0))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if per > 0 and (provider, operation) not in self.pace:
+                key = (provider, operation)
+                self.pace[key], self.pace_spread[key], self.pace_count[key] = per, spread, 1
+
+    def pace_doc(self) -> dict[str, Any]:
+        return {f"{p}/{o}": {"pace": round(v, 6), "spread": round(self.pace_spread.get((p, o), 0.0), 4),
+                             "n": self.pace_count.get((p, o), 1), "at": round(time.time())}
+                for (p, o), v in self.pace.items()}
+
     def learn(self, item: Item, media: MediaInfo | None, seconds: float) -> None:
         if not media or media.duration <= 0:
             return
         key = (item.spec.provider, item.spec.operation)
         sample = seconds / media.duration
         old = self.pace.get(key)
-        self.pace[key] = sample if old is None else 0.7 * old + 0.3 * sample
+        if old is None:
+            self.pace[key], self.pace_spread[key] = sample, 0.0
+        else:
+            dev = abs(sample - old) / old if old > 0 else 0.0
+            self.pace_spread[key] = 0.7 * self.pace_spread.get(key, 0.0) + 0.3 * dev
+            self.pace[key] = 0.7 * old + 0.3 * sample
+        self.pace_count[key] = self.pace_count.get(key, 0) + 1
 
 
 # -- stage ---------------------------------------------------------------------
@@ -152,33 +197,47 @@ async def submit(ctx: RunContext, item: Item, staged: StagedInput, *, attempt: i
     prior = ctx.state.read_handle(item.key)
     if prior and not ctx.force:
         if prior.get("state") == "submitted":
+            ctx.reattached.add(item.key)
             return JobHandle.from_json(prior["handle"])
         if prior.get("state") == "submitting" and provider.paid:
-            found = await _recheck(provider, item, staged, since=float(prior.get("at", 0)) - 120)
+            if not provider.can_recheck_submit:
+                raise UnknownSubmitError(
+                    f"unknown - not resubmitted: an earlier submit of this item to {provider.name} may have "
+                    "reached the provider and cannot be checked; rerun with --force to submit it again",
+                    provider=provider.name,
+                )
+            found = await _recheck(ctx, provider, item, staged, since=float(prior.get("at", 0)) - 120,
+                                   hint=prior.get("hint"))
             if found is not None:
                 ctx.state.write_handle(item.key, found.to_json(), attempt, "re-found after an interrupted submit")
+                ctx.reattached.add(item.key)
                 return found
-            raise UnknownSubmitError(
-                f"unknown - not resubmitted: an earlier submit of this item to {provider.name} may have "
-                "reached the provider and cannot be checked; rerun with --force to submit it again",
-                provider=provider.name,
-            )
+            # the provider lists no job from that submit: it never created one, submitting is safe
+            log.info("%s: the interrupted submit of %s created no job; submitting", provider.name, item.rel or item.key[:12])
+    hint = provider.submit_hint(item.spec, staged) if provider.can_recheck_submit else {}
     async with ctx.limiters[provider.name].request():
-        ctx.state.write_intent(item.key, provider.name, attempt, note)
+        ctx.state.write_intent(item.key, provider.name, attempt, note, hint=hint)
         try:
             handle = await provider.submit(item.spec, staged)
-        except SubmitUncertainError:
-            found = await _recheck(provider, item, staged, since=time.time() - 120)
-            if found is None:
-                if not provider.paid:
-                    ctx.state.delete_handle(item.key)
-                    raise
+        except SubmitUncertainError as exc:
+            if not provider.paid:
+                ctx.state.delete_handle(item.key)
+                raise
+            if not provider.can_recheck_submit:
                 raise UnknownSubmitError(
                     f"unknown - not resubmitted: the submit to {provider.name} timed out after it was sent, so the "
                     "job may exist and be billed; check the provider's dashboard, then rerun with --force to submit again",
                     provider=provider.name,
                 ) from None
+            found = await _recheck(ctx, provider, item, staged, since=time.time() - 120, hint=hint)
+            if found is None:
+                # not listed: keep the intent, so the retry re-checks once more before it submits again
+                raise TransientError(f"{exc}; the provider lists no such job, re-checking before a resubmit",
+                                     provider=provider.name) from None
             handle = found
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # interrupted while the request may be on the wire: keep the intent, a rerun re-checks
+            raise
         except BaseException:
             # the request was refused before a job existed (or never sent): safe to retry
             ctx.state.delete_handle(item.key)
@@ -187,20 +246,30 @@ async def submit(ctx: RunContext, item: Item, staged: StagedInput, *, attempt: i
     return handle
 
 
-async def _recheck(provider: Provider, item: Item, staged: StagedInput, since: float) -> JobHandle | None:
-    if not provider.can_recheck_submit:
-        return None
-    try:
-        return await provider.recheck_submit(item.spec, staged, since)
-    except ProviderError:
-        return None
+async def _recheck(ctx: RunContext, provider: Provider, item: Item, staged: StagedInput, since: float,
+                   hint: Mapping[str, Any] | None) -> JobHandle | None:
+    """The job an uncertain submit created, or None when the provider lists none.
+
+    A listing that keeps failing raises ``TransientError`` (the intent stays; a
+    retry or a rerun checks again): "could not check" is never "not found".
+    """
+    for tries in range(3):
+        try:
+            async with ctx.limiters[provider.name].request():
+                return await provider.recheck_submit(item.spec, staged, since, hint=hint)
+        except TransientError as exc:
+            if tries == 2:
+                raise
+            await asyncio.sleep(exc.retry_after or 0.5 * 2**tries)
+    return None  # pragma: no cover
 
 
 # -- poll ----------------------------------------------------------------------
 async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo | None) -> JobStatus:
     """Wait until the job is terminal. Transient poll errors are retried here."""
     provider = ctx.provider(item.spec.provider)
-    expected = ctx.expected_seconds(item, media)
+    # poll economy (vidbatch.polling): progress > learned pace (read live) > the duration prior
+    schedule = PollSchedule(prior=ctx.expected_seconds(item, media), learned=lambda: ctx.pace_estimate(item, media))
     deadline_s = max(ctx.poll_deadline_min, ctx.poll_deadline_factor * (media.duration if media else 60))
     start = handle.submitted_at or time.time()
     errors = 0
@@ -222,38 +291,27 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
                 raise
             await asyncio.sleep(exc.retry_after or min(30.0, 0.5 * 2**errors))
             continue
+        now = time.time() - start
         if status.state.terminal:
-            if status.state == JobState.SUCCEEDED:
-                ctx.learn(item, media, time.time() - start)
+            if status.state == JobState.SUCCEEDED and item.key not in ctx.reattached:
+                ctx.learn(item, media, schedule.run_seconds(now))
             return status
-        interval = provider.poll_interval(time.time() - start, expected)
-        await provider.wait(handle, interval)
+        schedule.observe(now, status)
+        await provider.wait(handle, schedule.next_wait(now))
 
 
 # -- download ------------------------------------------------------------------
 async def _stream_to(provider: Provider, art: Artifact, url: str, options: Mapping[str, Any], key: str) -> int:
-    tmp = storage.tmp_url_for(url, key)
-    fs, tmp_path = storage.fs_for(tmp, options)
-    parent = posixpath.dirname(tmp_path)
-    written = 0
+    """Stream one artifact into ``url`` atomically, in bounded memory.
+
+    On S3 the final key is one multipart upload completed after the last byte
+    (aborted on error), so the bytes go up once and nothing partial is visible;
+    elsewhere a temp sibling is renamed into place (``storage.astream_into``).
+    """
     try:
-        if parent:
-            await asyncio.to_thread(fs.makedirs, parent, exist_ok=True)
-        fh = await asyncio.to_thread(fs.open, tmp_path, "wb")
-        try:
-            async for chunk in provider.open_artifact(art):
-                await asyncio.to_thread(fh.write, chunk)
-                written += len(chunk)
-        finally:
-            await asyncio.to_thread(fh.close)
-    except BaseException:
-        await asyncio.to_thread(storage.delete, tmp, options)
-        raise
-    if written == 0:
-        await asyncio.to_thread(storage.delete, tmp, options)
-        raise ResultError(f"{provider.name} returned an empty {art.kind} file", provider=provider.name)
-    await asyncio.to_thread(storage.promote, tmp, url, options)
-    return written
+        return await storage.astream_into(provider.open_artifact(art), url, options, key)
+    except storage.EmptySourceError:
+        raise ResultError(f"{provider.name} returned an empty {art.kind} file", provider=provider.name) from None
 
 
 async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
@@ -270,6 +328,7 @@ async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
             raise ResultError(f"{provider.name} returned no mask video although mask: true", provider=provider.name)
         plan.append((masks[0], item.mask_output))
     outputs: list[str] = []
+    started = time.time()
     for art, target in plan:
         for attempt in range(4):
             try:
@@ -283,8 +342,44 @@ async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
                 # an expired or broken URL: ask the provider for a fresh one
                 async with ctx.limiters[provider.name].request():
                     art = await provider.refresh_artifact(handle, art)
+        if item.key in ctx.reattached:
+            # a run killed mid-download left its temp key; this item's output is promoted now
+            await asyncio.to_thread(_sweep_stale_temps, target, item.key, ctx.output_options, started)
         outputs.append(target)
     return outputs
+
+
+def _sweep_stale_temps(url: str, key: str, options: Mapping[str, Any], before: float) -> int:
+    """Delete temp siblings of ``url`` that an earlier run of this item left behind.
+
+    Only keys of this item and this output (``tmp_url_for`` names) that were last
+    written before this download began; only called for re-attached items (whose
+    earlier run died), so a plain run never lists the output folder.
+    """
+    head, tail = posixpath.split(url)
+    prefix = f"{storage.TEMP_PREFIX}{key[:12]}-"
+    removed = 0
+    try:
+        fs, folder = storage.fs_for(head, options)
+        entries = fs.ls(folder, detail=True)
+    except (OSError, ValueError, StorageError):
+        return 0
+    for entry in entries:
+        name = posixpath.basename(str(entry.get("name", "")).rstrip("/"))
+        if not (name.startswith(prefix) and name.endswith(f"-{tail}")):
+            continue
+        stamp = entry.get("mtime") or entry.get("LastModified") or entry.get("last_modified")
+        when = stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp or 0)
+        if when >= before:
+            continue  # written since this download began: not a leftover
+        try:
+            fs.rm(entry["name"])
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d temp key(s) a killed run left for %s", removed, tail)
+    return removed
 
 
 # -- verify --------------------------------------------------------------------

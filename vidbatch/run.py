@@ -31,7 +31,7 @@ from vidbatch.manifest import Manifest
 from vidbatch.pipeline import RunContext, UnknownSubmitError
 from vidbatch.providers import registry
 from vidbatch.providers.base import Provider, ProviderSettings
-from vidbatch.redact import register_secret
+from vidbatch.redact import redact, register_secret
 from vidbatch.report import ReportRow
 from vidbatch.spec import Item, JobState
 from vidbatch.state import StateStore
@@ -40,6 +40,8 @@ log = logging.getLogger("vidbatch")
 
 #: run contexts of this process by run id (tasks receive the id, not the object)
 CONTEXTS: dict[str, RunContext] = {}
+#: their manifests (the item task takes ids only: Prefect walks every task parameter)
+MANIFESTS: dict[str, Manifest] = {}
 DEFAULT_HOSTED_CONCURRENCY = 4
 EMULATOR_CREDENTIALS = {
     "FAL_KEY": "emulator-key:emulator-secret",
@@ -121,8 +123,30 @@ def make_limiters(m: Manifest, names: Iterable[str]) -> dict[str, ProviderLimite
     return out
 
 
+def check_writable(m: Manifest) -> None:
+    """Refuse a run whose state store (under the outputs) cannot be written, before anything is paid for.
+
+    One small write and delete of a probe key: a read-only bucket, a missing
+    permission or a file where the output folder should be is a ``ConfigError``
+    (exit 2), not one failure per item after the jobs ran.
+    """
+    root = inputs.state_root(m)
+    probe = storage.join(root, f".write-check-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_bytes_atomic(probe, b"ok", dict(m.storage_options))
+        storage.delete(probe, dict(m.storage_options))
+    except (VidbatchError, OSError) as exc:
+        detail = str(exc).split(": ", 1)[-1] if isinstance(exc, VidbatchError) else str(exc)
+        raise ConfigError(f"cannot write to the output location {root}: {detail}; "
+                          "fix the output path (or state:) or its permissions") from None
+
+
 def new_context(m: Manifest, items: list[Item] | None, *, emulator: str | None = None, force: bool = False,
                 names: Iterable[str] | None = None) -> RunContext:
+    from vidbatch.redact import install_log_redaction
+
+    install_log_redaction()  # httpx logs request URLs (signed CDN / presigned) at INFO
+    check_writable(m)
     names = sorted(set(names or []) | set(providers_used(items or [])))
     root = inputs.state_root(m)
     ctx = RunContext(
@@ -134,7 +158,12 @@ def new_context(m: Manifest, items: list[Item] | None, *, emulator: str | None =
         output_options=dict(m.storage_options),
         force=force,
     )
+    try:  # job times learned by earlier runs: the first jobs of this run poll economically
+        ctx.seed_pace(ctx.state.read_pace())
+    except Exception:  # noqa: BLE001 - a hint; an unreadable one is no reason to stop
+        log.debug("reading the learned pace failed", exc_info=True)
     CONTEXTS[ctx.run_id] = ctx
+    MANIFESTS[ctx.run_id] = m
     return ctx
 
 
@@ -166,6 +195,12 @@ async def start_global_limits(ctx: RunContext, m: Manifest) -> bool:
 
 async def close_context(ctx: RunContext) -> None:
     CONTEXTS.pop(ctx.run_id, None)
+    MANIFESTS.pop(ctx.run_id, None)
+    if ctx.pace:
+        try:
+            await asyncio.to_thread(ctx.state.write_pace, ctx.pace_doc())
+        except Exception:  # noqa: BLE001 - best effort, like the leases below
+            log.debug("saving the learned pace failed", exc_info=True)
     for lim in ctx.limiters.values():
         try:
             await lim.close()
@@ -282,7 +317,10 @@ def cached_row(ctx: RunContext, m: Manifest, item: Item) -> ReportRow | None:
     """A verified record from an earlier run whose outputs still exist, else None."""
     if ctx.force:
         return None
-    rec = ctx.state.read_record(item.key)
+    try:
+        rec = ctx.state.read_record(item.key)
+    except VidbatchError:
+        return None  # unreadable state is no cache hit; the item's own run reports the error
     if not rec or rec.get("status") != "verified":
         return None
     recorded = list(rec.get("outputs") or [])
@@ -318,11 +356,17 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__.removesuffix("Error").lower() or "error"
 
 
-async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages) -> ReportRow:
-    """Run one item through the stages; every outcome becomes a report row."""
-    hit = await asyncio.to_thread(cached_row, ctx, m, item)
-    if hit is not None:
-        return hit
+async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages,
+                       *, check_cache: bool = True) -> ReportRow:
+    """Run one item through the stages; every outcome becomes a report row.
+
+    ``check_cache=False``: the caller already looked (the flow does, so a cached
+    item never costs a task run).
+    """
+    if check_cache:
+        hit = await asyncio.to_thread(cached_row, ctx, m, item)
+        if hit is not None:
+            return hit
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     provider = ctx.provider(item.spec.provider)
@@ -337,7 +381,7 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 4)
 
     try:
-        prior = ctx.state.read_handle(item.key)
+        prior = await asyncio.to_thread(ctx.state.read_handle, item.key)  # S3 state: not on the loop
         reattach = bool(prior and prior.get("state") == "submitted" and not ctx.force)
         t0 = time.perf_counter()
         staged, media = await stages.stage(ctx.run_id, item, upload=not reattach)
@@ -352,7 +396,8 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
             committed = not reattach
             for attempt in (1, 2):
                 t0 = time.perf_counter()
-                if attempt == 2 and not uploaded:
+                if attempt == 2 and (not uploaded or (staged is not None and staged.expires_at)):
+                    # a resubmit needs a readable input: re-stage (re-signing a URL is free)
                     staged, media = await stages.stage(ctx.run_id, item, upload=True)
                     uploaded = True
                 handle = await stages.submit(ctx.run_id, item, staged, attempt=attempt,
@@ -411,6 +456,15 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages)
         ctx.in_flight.pop(item.key, None)
         timings["total"] = round(time.perf_counter() - t_all, 4)
         return _row(ctx, m, item, status="failed", error=str(exc), reason=_reason(exc), request_id=request_id,
+                    cost_usd=cost if request_id and provider.paid else 0.0, timings=timings, warnings=warnings)
+    except Exception as exc:  # noqa: BLE001 - a defect or a library error: this item fails, the batch goes on
+        if committed:
+            budget.settle(provider.name, estimate, None)
+        ctx.in_flight.pop(item.key, None)
+        timings["total"] = round(time.perf_counter() - t_all, 4)
+        log.debug("internal error on %s", item.rel or item.key[:12], exc_info=True)
+        error = redact(" ".join(f"internal error: {type(exc).__name__}: {exc}".split()))
+        return _row(ctx, m, item, status="failed", error=error, reason="internal", request_id=request_id,
                     cost_usd=cost if request_id and provider.paid else 0.0, timings=timings, warnings=warnings)
 
 
