@@ -20,8 +20,12 @@ job, from several threads at once, and nothing here is shared between them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 import warnings
+from typing import Iterator
 
 import numpy as np
 
@@ -49,6 +53,31 @@ def model_path(model: str = DEFAULT_MODEL) -> str:
     return path
 
 
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence mediapipe's C++ start-up notices (GPU/EGL unavailable, XNNPACK,
+    feedback tensors): absl logging ignores GLOG_* variables, so file descriptor 2
+    is pointed at /dev/null for the few milliseconds a segmenter takes to start.
+    ``VIDBATCH_ENGINE_LOGS=1`` keeps them."""
+    if os.environ.get("VIDBATCH_ENGINE_LOGS") == "1":
+        yield
+        return
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(devnull)
+            os.close(saved)
+
+
 class Segmenter:
     """Per-frame person confidence, smoothed over time with an EMA.
 
@@ -70,7 +99,7 @@ class Segmenter:
             output_confidence_masks=True,
             output_category_mask=False,
         )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_native_stderr():
             # protobuf's MessageFactory deprecation, raised inside mediapipe 0.10.21
             warnings.simplefilter("ignore", UserWarning)
             self._seg = vision.ImageSegmenter.create_from_options(options)
@@ -87,7 +116,11 @@ class Segmenter:
         ts = max(self._last_ts + 1, int(round(self._index * self._step_ms)))
         self._last_ts, self._index = ts, self._index + 1
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        result = self._seg.segment_for_video(image, ts)
+        if self._index == 1:
+            with quiet_native_stderr():  # TFLite announces its XNNPACK delegate on the first frame
+                result = self._seg.segment_for_video(image, ts)
+        else:
+            result = self._seg.segment_for_video(image, ts)
         mask = result.confidence_masks[0].numpy_view()
         h, w = rgb.shape[:2]
         # 0.10.21 returns (H, W); later releases (H, W, 1)

@@ -64,8 +64,11 @@ class LocalProvider(Provider):
                 raise ConfigError(
                     f"local: unknown param {key!r}; the local engine takes: {', '.join(self.PARAMS)}"
                 )
-            if key == "smoothing" and not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise ConfigError("local: params.smoothing must be a number in [0, 1) (share of the previous mask)")
+            if key == "smoothing" and not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ConfigError(
+                    "local: params.smoothing must be a number in (0, 1]: the weight of the new frame's mask "
+                    "(1 = no temporal smoothing, default 0.6)"
+                )
 
     async def stage(self, item: Item) -> StagedInput:
         if storage.is_local(item.url):
