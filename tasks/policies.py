@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prefect.tasks import exponential_backoff
 
 from vidbatch.errors import SubmitUncertainError, is_transient
+
+
+def should_retry(exc: BaseException) -> bool:
+    """The classification behind ``retry_if_transient`` (also used in-process, ``tasks.inline``)."""
+    if isinstance(exc, SubmitUncertainError):
+        return False  # the job may exist: the submit stage decides, never a blind retry
+    return isinstance(exc, Exception) and is_transient(exc)
 
 
 async def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -20,9 +28,19 @@ async def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     except SubmitUncertainError:
         return False  # the job may exist: the submit stage decides, never a blind retry
     except Exception as exc:  # noqa: BLE001 - classification is the point
-        return is_transient(exc)
+        if not is_transient(exc):
+            return False
+        # honour the provider's Retry-After / remainingSeconds: the backoff below
+        # comes on top (Prefect calls this only when a retry is left)
+        hint = getattr(exc, "retry_after", None)
+        if hint:
+            await asyncio.sleep(min(float(hint), MAX_HINT_SECONDS))
+        return True
     return False
 
+
+#: longest Retry-After hint honoured before a task retry (a hostile value must not park a worker)
+MAX_HINT_SECONDS = 120.0
 
 #: transient failures of a stage: 4 retries, 1 s, 2 s, 4 s, 8 s, with jitter
 TRANSIENT_RETRIES: dict[str, Any] = {

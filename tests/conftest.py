@@ -37,3 +37,7 @@ def clips(tmp_path_factory):
         "person2": make_clip(str(d / "person2.mp4"), width=320, height=180, seconds=1.0, fps=12, seed=1),
         "empty": make_clip(str(d / "empty.mp4"), width=320, height=180, seconds=1.0, fps=12, person=False),
     }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a long end-to-end test (runs in CI too; deselect with -m 'not slow')")

@@ -46,7 +46,8 @@ def guarded(fn: Callable[[], int | None]) -> None:
     except VidbatchError as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
-        fail("interrupted; in-flight jobs keep their handles, rerun to re-attach", 130)
+        fail("interrupted; in-flight jobs were cancelled where the provider can cancel, the others keep their "
+             "handles: rerun to re-attach", 130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if DEBUG["on"]:
             raise
@@ -175,10 +176,11 @@ def run_cmd(
 
     def body() -> int:
         prefect_env.apply(quiet=not verbose)
-        from vidbatch.run import make_providers, providers_used
+        from vidbatch.run import check_writable, make_providers, providers_used
 
         m, items = _plan(manifest)
         make_providers(m, providers_used(items), emulator)  # credentials checked before anything runs
+        check_writable(m)  # an unwritable output location is exit 2, before anything is paid for
         # SIGTERM: exit cleanly so Prefect's ephemeral server shuts down (notes/prefect.md §1)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         from vidbatch.flows import batch

@@ -126,9 +126,11 @@ def _listing_rows(url: str, opts: Mapping[str, Any], path: Path, m: Manifest) ->
                 raise m.error(path, f"listing {url} line {n}: invalid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("url"), str):
                 raise m.error(path, f"listing {url} line {n}: each line needs a \"url\" string")
-            unknown = [k for k in row if k != "url" and k not in SETTING_KEYS]
+            unknown = [k for k in row if k not in ("url", "rel") and k not in SETTING_KEYS]
             if unknown:
-                raise m.error(path, f"listing {url} line {n}: unknown key {unknown[0]!r}; allowed: url, {', '.join(SETTING_KEYS)}")
+                raise m.error(path, f"listing {url} line {n}: unknown key {unknown[0]!r}; allowed: url, rel, {', '.join(SETTING_KEYS)}")
+            if "rel" in row and not (isinstance(row["rel"], str) and row["rel"] and ".." not in row["rel"].split("/")):
+                raise m.error(path, f"listing {url} line {n}: \"rel\" must be a relative path without '..'")
             yield row["url"], {k: v for k, v in row.items() if k != "url"}, n
     else:
         raise m.error(path, f"listing {url} must end in .txt, .csv or .jsonl")
@@ -152,10 +154,11 @@ def iter_sources(m: Manifest) -> Iterator[Source]:
                 if "://" not in row_url:
                     # relative rows are relative to the listing file's folder
                     row_url = posixpath.join(listing_dir, row_url) if "://" in url else _abs_local(row_url, listing_dir)
+                # a row's "rel" keeps a glob's tree through a listing (backfill shards)
+                rel = row_over.pop("rel", None) or _strip_ext(posixpath.basename(row_url.split("?")[0]))
                 merged = {**overrides, **row_over}
                 info = _info(row_url, opts, path + ("list",), m)
-                stem = _strip_ext(posixpath.basename(row_url.split("?")[0]))
-                yield Source(row_url, info, stem, path, merged, opts)
+                yield Source(row_url, info, rel, path, merged, opts)
         elif any(c in url for c in GLOB_CHARS) and storage.protocol_of(url) not in ("http", "https"):
             for u, info, rel in _expand_glob(url, opts, path, m):
                 yield Source(u, info, rel, path, overrides, opts)

@@ -196,8 +196,10 @@ class GlobalSlots:
                 if self.registry:
                     self.registry.add(self.name, got)
                     await asyncio.to_thread(self.registry.flush)
-                self._give(got, time.monotonic())
-                if not self._waiters:  # nobody wanted it after all
+                # release only a lease nobody took: the last waiter served empties
+                # the queue too, and releasing its lease would let other processes
+                # take a slot it still uses (the limit would no longer hold)
+                if not self._give(got, time.monotonic()):  # nobody wanted it after all
                     await self._release(got)
         finally:
             self._acquirer = None

@@ -1,7 +1,8 @@
 """Per-provider limits: jobs in flight (``concurrency``) and ``requests_per_second``.
 
 A ``ProviderLimiter`` holds both for one provider in this process. ``slot()`` is
-held from submit until the result is downloaded; ``request()`` paces every API
+held from submit until the job is seen terminal (the provider's concurrency counts
+queued and running jobs; the download from its CDN happens after); ``request()`` paces every API
 call with a token bucket. Cross-process limits (Prefect global concurrency
 limits) plug in behind the same two context managers.
 """
@@ -60,7 +61,7 @@ class ProviderLimiter:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """One job in flight: held from submit until its result is downloaded."""
+        """One job in flight at the provider: held from submit until it is seen terminal."""
         async with self._sem, (self.global_slots.slot() if self.global_slots else _nothing()):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -273,6 +273,9 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
     deadline_s = max(ctx.poll_deadline_min, ctx.poll_deadline_factor * (media.duration if media else 60))
     start = handle.submitted_at or time.time()
     errors = 0
+    if item.key not in ctx.reattached:
+        # a job just submitted is not done yet: the first status request waits for the schedule
+        await provider.wait(handle, schedule.next_wait(time.time() - start))
     while True:
         elapsed = time.time() - start
         if elapsed > deadline_s:
@@ -411,6 +414,9 @@ def verify_item(ctx: RunContext, item: Item, media_in: MediaInfo, outputs: list[
         return facts
     except (OSError, StorageError) as exc:
         raise VerifyError(f"cannot read output for verification: {exc}") from exc
+    except InputError as exc:
+        # the provider's output does not decode: a bad result, not a bad input
+        raise VerifyError(f"output failed verification: {exc}") from None
     finally:
         for p in made:
             try:

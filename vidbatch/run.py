@@ -24,6 +24,7 @@ from vidbatch.errors import (
     InputError,
     JobGoneError,
     QuotaError,
+    VerifyError,
     VidbatchError,
 )
 from vidbatch.limits import ProviderLimiter
@@ -432,12 +433,21 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages,
                 return _row(ctx, m, item, status="failed", error=f"{provider.name} job failed: {reason}",
                             reason="job-failed", request_id=request_id, cost_usd=0.0 if not provider.paid else cost,
                             timings=timings, warnings=warnings)
-            t0 = time.perf_counter()
-            outputs = await stages.download(ctx.run_id, item, handle)
-            lap("download", t0)
+        # the slot is the provider's concurrency (jobs queued or running there): the job is
+        # done, so the next item may submit while this one downloads from the CDN (issue 8:
+        # a download inside the slot idled it for every download's duration)
+        t0 = time.perf_counter()
+        outputs = await stages.download(ctx.run_id, item, handle)
+        lap("download", t0)
         ctx.in_flight.pop(item.key, None)
         t0 = time.perf_counter()
-        facts = await stages.verify(ctx.run_id, item, media, outputs, pipeline.input_local_path(item, staged))
+        try:
+            facts = await stages.verify(ctx.run_id, item, media, outputs, pipeline.input_local_path(item, staged))
+        except VerifyError:
+            # a result that failed verification is not left at the final key for readers to take;
+            # the handle stays, so a rerun re-fetches it without paying again
+            await asyncio.to_thread(_discard, outputs, ctx.output_options)
+            raise
         lap("verify", t0)
         metrics = facts.pop("metrics", {}) if isinstance(facts, dict) else {}
         warnings.extend(facts.pop("warnings", []) if isinstance(facts, dict) else [])
@@ -466,6 +476,14 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages,
         error = redact(" ".join(f"internal error: {type(exc).__name__}: {exc}".split()))
         return _row(ctx, m, item, status="failed", error=error, reason="internal", request_id=request_id,
                     cost_usd=cost if request_id and provider.paid else 0.0, timings=timings, warnings=warnings)
+
+
+def _discard(outputs: Iterable[str], options: Mapping[str, Any]) -> None:
+    for url in outputs:
+        try:
+            storage.delete(url, options)
+        except OSError:
+            log.warning("could not remove %s after it failed verification", url)
 
 
 async def drive(items: Iterator[Item], workers: int, fn: Callable[[Item], Awaitable[ReportRow]],

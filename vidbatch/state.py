@@ -6,6 +6,8 @@ otherwise), shared by every process and worker that runs the manifest::
     records/<k2>/<key>.json   written LAST, after verify: its presence means done
     handles/<k2>/<key>.json   the provider's job handle, written before submit
                               returns (a write-ahead "submitting" intent first)
+    pace.json                 learned job times per provider/operation, so the
+                              first jobs of the next run poll economically
 
 Every write is atomic (temp key + promote), so a reader never sees half a file.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vidbatch import storage
+from vidbatch.errors import StorageError
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,10 @@ class StateStore:
         return storage.join(self.root, kind, key[:2], f"{key}.json")
 
     def _read(self, url: str) -> dict[str, Any] | None:
-        data = storage.read_bytes(url, self.storage_options)
+        try:
+            data = storage.read_bytes(url, self.storage_options)
+        except OSError as exc:  # e.g. a file where the state folder should be, no permission
+            raise StorageError(f"cannot read run state {url}: {exc}") from None
         if not data:
             return None
         try:
@@ -37,6 +43,12 @@ class StateStore:
         except json.JSONDecodeError:
             return None  # a torn write cannot happen (atomic), but never crash on junk
         return value if isinstance(value, dict) else None
+
+    def _delete(self, url: str) -> None:
+        try:
+            storage.delete(url, self.storage_options)
+        except OSError as exc:
+            raise StorageError(f"cannot delete run state {url}: {exc}") from None
 
     def _write(self, url: str, value: Mapping[str, Any]) -> None:
         storage.write_bytes_atomic(url, json.dumps(value, sort_keys=True, default=str).encode(), self.storage_options)
@@ -49,18 +61,24 @@ class StateStore:
         self._write(self._url("records", key), record)
 
     def delete_record(self, key: str) -> None:
-        storage.delete(self._url("records", key), self.storage_options)
+        self._delete(self._url("records", key))
 
     # -- handles: a paid job exists ------------------------------------------
     def read_handle(self, key: str) -> dict[str, Any] | None:
         return self._read(self._url("handles", key))
 
-    def write_intent(self, key: str, provider: str, attempt: int, note: str = "") -> None:
-        """Write-ahead: we are about to send a submit for this item."""
-        self._write(
-            self._url("handles", key),
-            {"state": "submitting", "provider": provider, "at": time.time(), "attempt": attempt, "note": note},
-        )
+    def write_intent(self, key: str, provider: str, attempt: int, note: str = "",
+                     hint: Mapping[str, Any] | None = None) -> None:
+        """Write-ahead: we are about to send a submit for this item.
+
+        ``hint`` (``Provider.submit_hint``: never a secret) lets a later run find
+        the job this submit may have created, although it stages the input anew.
+        """
+        body: dict[str, Any] = {"state": "submitting", "provider": provider, "at": time.time(),
+                                "attempt": attempt, "note": note}
+        if hint:
+            body["hint"] = dict(hint)
+        self._write(self._url("handles", key), body)
 
     def write_handle(self, key: str, handle: Mapping[str, Any], attempt: int, note: str = "") -> None:
         self._write(
@@ -69,7 +87,15 @@ class StateStore:
         )
 
     def delete_handle(self, key: str) -> None:
-        storage.delete(self._url("handles", key), self.storage_options)
+        self._delete(self._url("handles", key))
+
+    # -- pace: learned job times, a hint for the next run's poll schedule -------
+    def read_pace(self) -> dict[str, Any]:
+        """``{"<provider>/<operation>": {"pace": s per s of video, "spread": rel., "n": k}}`` (may be empty)."""
+        return self._read(storage.join(self.root, "pace.json")) or {}
+
+    def write_pace(self, pace: Mapping[str, Any]) -> None:
+        self._write(storage.join(self.root, "pace.json"), pace)
 
     def handles_url(self) -> str:
         return storage.join(self.root, "handles")

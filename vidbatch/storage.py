@@ -340,7 +340,9 @@ def fingerprint(info: Mapping[str, Any], fs: fsspec.AbstractFileSystem, path: st
     mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     if mtime is not None and protocol_of(path) != "memory" and not isinstance(fs, _memory_types()):
         ts = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
-        return f"mtime:{ts:.6f}:{size}"
+        # mtime + size say nothing about content: two files written in one clock
+        # tick would collide, so the path is part of this fingerprint
+        return f"mtime:{ts:.6f}:{size}:{path}"
     digest = hashlib.sha256()
     with _open_read(fs, path, CHUNK) as fh:
         while block := fh.read(CHUNK):

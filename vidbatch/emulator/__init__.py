@@ -26,7 +26,9 @@ removebgvideo_credits, data_dir, public_url, fetch_timeout, engine) plus
 ``FaultConfig`` fields (drop, rate_limit, server_error, lost_response,
 truncate, rules, retry_after, job_failure, completed_with_error,
 expired_urls, slow_jobs, slow_job_seconds, fail_inputs, providers,
-failure_reason; ``fault_routes`` = ``routes``).
+failure_reason, not_video_outputs, wrong_size_outputs; ``fault_routes`` =
+``routes``; rules also take ``respond`` (a canned status/body) and ``delay``
+(a held response) faults).
 
 Jobs run on the local engine (``vidbatch.engine``) in ``workers`` threads and
 produce real files in the requested container; ``instant=True`` serves cached

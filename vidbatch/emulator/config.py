@@ -35,7 +35,7 @@ PROVIDERS: tuple[str, ...] = ("fal", "scenario", "removebgvideo")
 #: request-level faults, tried in this order for every request that matches
 REQUEST_FAULTS: tuple[str, ...] = ("drop", "rate_limit", "server_error", "lost_response", "truncate")
 
-RequestFault = Literal["drop", "rate_limit", "server_error", "lost_response", "truncate"]
+RequestFault = Literal["drop", "rate_limit", "server_error", "lost_response", "truncate", "respond", "delay"]
 
 
 class FaultRule(BaseModel):
@@ -52,6 +52,15 @@ class FaultRule(BaseModel):
     p: float = Field(1.0, ge=0.0, le=1.0)
     routes: list[str] = Field(default_factory=lambda: ["*"])
     times: int | None = Field(None, ge=0)
+    #: ``respond`` (rules only): answer ``status`` with ``body`` (a JSON value,
+    #: or a string sent as is) and ``headers`` instead of processing the request
+    #: -- a 403 plan error, a 422, a 200 whose body is not JSON...
+    status: int = Field(500, ge=100, le=599)
+    body: Any = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: ``delay`` (rules only): process the request, then hold the response for
+    #: ``seconds`` (wall clock) -- a window in which a client can be killed
+    seconds: float = Field(0.0, ge=0.0)
 
     def matches(self, route: str) -> bool:
         return any(fnmatch.fnmatchcase(route, pat) for pat in self.routes)
@@ -72,6 +81,8 @@ class FaultConfig(BaseModel):
       and then the connection is closed without the response.
     * ``truncate``: only on file downloads: the headers promise the whole
       body (Content-Length), half of it is sent, then the connection closes.
+    * ``respond`` / ``delay`` (``rules`` only, see ``FaultRule``): a canned
+      response instead of processing; or processing, then a held response.
 
     Job-level (per job of the providers in ``providers``):
 
@@ -90,6 +101,10 @@ class FaultConfig(BaseModel):
       already expired (fal CDN 404, Scenario CDN 403, removebgvideo 403);
       every refresh (fal result again, Scenario asset again, removebgvideo
       job/download again) mints a working one.
+    * ``not_video_outputs``: the job succeeds but its video output is a text
+      file (with the video's name and content type).
+    * ``wrong_size_outputs``: the job succeeds with a video of half the
+      expected width and height.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -112,6 +127,8 @@ class FaultConfig(BaseModel):
     fail_inputs: list[str] = Field(default_factory=list)
     providers: list[str] = Field(default_factory=lambda: list(PROVIDERS))
     failure_reason: str = "Emulated job failure (fault injection)"
+    not_video_outputs: float = Field(0.0, ge=0.0, le=1.0)
+    wrong_size_outputs: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("fail_inputs", "routes", "providers", mode="before")
     @classmethod

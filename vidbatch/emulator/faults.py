@@ -52,12 +52,17 @@ class FaultInjector:
 
     def request_fault(self, route: str) -> str | None:
         """The fault to inject on this request (other than ``truncate``), if any."""
+        rule = self.request_rule(route)
+        return rule.fault if rule is not None else None
+
+    def request_rule(self, route: str) -> FaultRule | None:
+        """The rule that fires on this request (other than ``truncate``), if any."""
         for rule in self.rules:
             if rule.fault == "truncate" or not rule.matches(route):
                 continue
             if self._fire(rule):
                 self.injected[f"{route}:{rule.fault}"] += 1
-                return rule.fault
+                return rule
         return None
 
     def truncate(self, route: str) -> bool:
@@ -78,6 +83,17 @@ class FaultInjector:
         if cfg.completed_with_error > 0 and self.rng.random() < cfg.completed_with_error:
             self.injected[f"{provider}:job:completed_with_error"] += 1
             return "completed_with_error"
+        return None
+
+    def output_fault(self, provider: str) -> str | None:
+        """``not_video`` / ``wrong_size`` for a succeeded job's outputs, usually None."""
+        cfg = self.config
+        if provider not in cfg.providers:
+            return None
+        for name, p in (("not_video", cfg.not_video_outputs), ("wrong_size", cfg.wrong_size_outputs)):
+            if p > 0 and self.rng.random() < p:
+                self.injected[f"{provider}:job:{name}"] += 1
+                return name
         return None
 
     def slow_job(self, provider: str) -> float:

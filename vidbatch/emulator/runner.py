@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -137,6 +138,7 @@ class Runner:
                 await self._wait_min_time(job)
                 self._fail(job, f"Internal error while processing the video: {exc}", "internal_server_error", 500)
                 return
+            produced = await self._spoil(job, produced)
             job.engine_done_mono = state.clock.mono()
             job.phase = "finalizing"
             await self._wait_min_time(job)
@@ -201,6 +203,25 @@ class Runner:
         state.stats.engine_calls[job.work.op] += 1
         engine = self.engine
         return await self.in_thread(media.run_engine, engine, job.work, sf.path, out_dir, "output")
+
+    async def _spoil(self, job: Job, produced: list[media.Produced]) -> list[media.Produced]:
+        """The ``not_video_outputs`` / ``wrong_size_outputs`` faults: replace the video output."""
+        kind = self.state.faults.output_fault(job.provider)
+        if kind is None or not produced or job.work is None:
+            return produced
+        job.fault = job.fault or f"output:{kind}"
+        main = produced[0]
+        if kind == "not_video":
+            path = self.state.new_path(main.path.suffix)
+            await self.io(path.write_bytes, b"this is not a video\n" * 64)
+            bad = media.Produced("video", path, main.content_type, main.info)
+        else:
+            info = job.input_info or main.info
+            half = media.MediaInfo(width=max(2, info.width // 4 * 2), height=max(2, info.height // 4 * 2), fps=info.fps,
+                                   frames=info.frames, duration=info.duration, kind=info.kind, rate=info.rate)
+            work = dataclasses.replace(job.work, mask=False)
+            bad = (await self.in_thread(media.run_instant, self.state.templates, work, half))[0]
+        return [bad, *produced[1:]]
 
     def _succeed(self, job: Job, produced: list[media.Produced]) -> None:
         state = self.state

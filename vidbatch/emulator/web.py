@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -77,20 +78,32 @@ async def guarded(request: Request, state: EmulatorState, provider: ProviderHTTP
             stats.response(route, error.status_code)
             return error
     # drawn after auth, so "faults_injected" counts only faults a client saw
-    fault = state.faults.request_fault(route)
+    rule = state.faults.request_rule(route)
+    fault = rule.fault if rule is not None else None
     if fault == "drop":
         raise DropConnection()
     if fault == "rate_limit":
         resp = provider.rate_limited(state, route)
     elif fault == "server_error":
         resp = provider.server_error(state, route)
+    elif fault == "respond" and rule is not None:
+        resp = canned_response(rule.status, rule.body, rule.headers)
     else:
         ctx = Ctx(state, route, credential, key_id(credential) if credential else "anonymous", base_url(request, state))
         resp = await handler(request, ctx)
         if fault == "lost_response":
             raise DropConnection()
+        if fault == "delay" and rule is not None:
+            await asyncio.sleep(rule.seconds)
     stats.response(route, resp.status_code)
     return resp
+
+
+def canned_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    """The ``respond`` fault: a string body goes as is (e.g. not JSON), anything else as JSON."""
+    if isinstance(body, str):
+        return Response(body.encode(), status_code=status, headers=headers, media_type="text/html")
+    return json_response(body if body is not None else {}, status, headers)
 
 
 def _has_credential(request: Request) -> bool:

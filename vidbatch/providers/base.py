@@ -84,7 +84,8 @@ class Provider(abc.ABC):
     paid: ClassVar[bool] = True
     #: whether a re-check after an uncertain submit can find the job
     can_recheck_submit: ClassVar[bool] = False
-    #: suggested poll cadence for a job expected to take ``expected`` seconds
+    #: the vendor's suggested poll cadence: the floor of ``poll_interval`` for long
+    #: jobs. The poll loop bounds requests per job instead (``vidbatch.polling``).
     min_poll_interval: ClassVar[float] = 2.0
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
@@ -161,25 +162,41 @@ class Provider(abc.ABC):
         """Best-effort cancel. Returns True if the provider accepted it."""
         return False
 
-    async def recheck_submit(self, spec: JobSpec, staged: StagedInput, since: float) -> JobHandle | None:
-        """After an uncertain submit, find the job if it exists (where possible)."""
+    async def recheck_submit(
+        self, spec: JobSpec, staged: StagedInput, since: float, hint: Mapping[str, Any] | None = None
+    ) -> JobHandle | None:
+        """After an uncertain submit, find the job if it exists (where possible).
+
+        ``hint`` is what ``submit_hint`` returned for the submit being checked:
+        after a crash the input is staged again (a new upload URL / asset id),
+        so the hint, saved in the write-ahead intent, is what identifies the job.
+        Returns None when the provider's listing shows no such job; raises
+        ``ProviderError`` when it cannot tell.
+        """
         return None
+
+    def submit_hint(self, spec: JobSpec, staged: StagedInput) -> dict[str, Any]:
+        """Non-secret facts that let ``recheck_submit`` find this submit later.
+
+        Persisted in the write-ahead intent on the state store, so it must never
+        hold a credential or a presigned URL (a hash of one is fine).
+        """
+        return {}
 
     def estimate(self, spec: JobSpec, media: MediaInfo) -> Cost:
         return Cost(usd=None, basis="no published price")
 
     def poll_interval(self, elapsed: float, expected: float) -> float:
-        """Seconds to wait before the next poll.
+        """Seconds to wait before the next poll of a job expected to take ``expected`` s.
 
-        Poll economy: a geometric schedule anchored on the expected duration keeps
-        polls per job bounded (about a dozen) at any job length while detecting
-        completion within a few percent of the job time plus the minimum interval.
+        The poll loop itself uses ``vidbatch.polling.PollSchedule``, which also
+        reads progress and the pace learned in the run; this is its answer for
+        a known duration (10 % margin), with ``min_poll_interval`` as the floor
+        for jobs long enough that the floor cannot delay detection.
         """
-        lo = self.min_poll_interval
-        if elapsed < expected * 0.8:
-            # sleep most of the remaining expected time, in a few steps
-            return max(lo, (expected * 0.8 - elapsed) / 3)
-        return max(lo, min(0.05 * max(elapsed, expected), 30.0))
+        from vidbatch.polling import legacy_interval
+
+        return legacy_interval(elapsed, expected, self.min_poll_interval)
 
     async def wait(self, handle: JobHandle, seconds: float) -> None:
         """Wait before the next poll. Providers that can be told of completion

@@ -72,7 +72,12 @@ def make_client(settings: ProviderSettings, *, connect: float = 15.0) -> httpx.A
     timeout = httpx.Timeout(connect=connect, read=settings.timeout, write=settings.timeout, pool=settings.timeout)
     # idle connections are dropped before common server keep-alive timeouts (uvicorn: 5 s)
     # so a submit is not sent on a socket the server is closing (a false "uncertain")
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=4.0)
+    # keep-alive pool as large as the pool: with more requests in flight than
+    # keep-alive slots (32 workers vs 16 slots before) connections were closed
+    # after each burst and reopened: 17 % of the flow's CPU in connect() (issue 8
+    # profile). Not larger: httpcore checks every pooled connection (a poll and a
+    # getpeername syscall each) on every request, so the pool's size costs CPU too.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=4.0)
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,

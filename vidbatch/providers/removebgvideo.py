@@ -383,8 +383,14 @@ class RemoveBgVideoProvider(HostedProvider):
             extra={"model": spec.model, "output_format": spec.format, "token": body["metadata"]["vidbatch_token"]},
         )
 
-    async def recheck_submit(self, spec: JobSpec, staged: StagedInput, since: float) -> JobHandle | None:
-        token = client_token(spec, staged)
+    def submit_hint(self, spec: JobSpec, staged: StagedInput) -> dict[str, Any]:
+        # the token is a hash of (spec, input URL): safe to persist, unlike the URL
+        return {"token": client_token(spec, staged)}
+
+    async def recheck_submit(
+        self, spec: JobSpec, staged: StagedInput, since: float, hint: Mapping[str, Any] | None = None
+    ) -> JobHandle | None:
+        token = str((hint or {}).get("token") or client_token(spec, staged))
         matches: list[tuple[float, dict[str, Any]]] = []
         limit = 100
         for page in range(5):

@@ -484,9 +484,17 @@ class ScenarioProvider(HostedProvider):
             extra=extra,
         )
 
-    async def recheck_submit(self, spec: JobSpec, staged: StagedInput, since: float) -> JobHandle | None:
-        if not staged.asset_id:
+    def submit_hint(self, spec: JobSpec, staged: StagedInput) -> dict[str, Any]:
+        # asset ids are not secret; a re-staged input gets a new one, so keep this one
+        return {"asset_id": staged.asset_id} if staged.asset_id else {}
+
+    async def recheck_submit(
+        self, spec: JobSpec, staged: StagedInput, since: float, hint: Mapping[str, Any] | None = None
+    ) -> JobHandle | None:
+        asset_id = str((hint or {}).get("asset_id") or staged.asset_id or "")
+        if not asset_id:
             return None
+        staged = StagedInput(asset_id=asset_id, local_path=staged.local_path, content_type=staged.content_type)
         model_id, _ = self._native(spec, staged.asset_id)
         token: str | None = None
         matches: list[tuple[float, dict[str, Any]]] = []
