@@ -134,3 +134,12 @@ def test_unknown_metric_in_verify_rules(tmp_path: Path, clip: str) -> None:
     assert result.exit_code == 2
     assert "unknown metric 'edge_flikker'" in result.output and "did you mean 'edge_flicker'" in result.output
     assert "m.yaml:8:" in result.output
+
+
+def test_typo_inside_a_provider_limit(tmp_path: Path, clip: str) -> None:
+    (tmp_path / "m.yaml").write_text(BASE.replace("{clip}", clip).replace("{{", "{").replace("}}", "}")
+                                     + "limits:\n  local: {concurency: 2}\n")
+    result = runner.invoke(app, ["validate", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 2
+    assert "unknown key 'concurency'; did you mean 'concurrency'?" in result.output
+    assert "m.yaml:7:" in result.output

@@ -9,6 +9,7 @@ returns a validated ``Manifest``; every problem becomes a one-line
 from __future__ import annotations
 
 import difflib
+import typing
 import re
 import string
 from pathlib import Path as FsPath
@@ -140,7 +141,7 @@ _ENTRY_FIELDS = {
 
 
 def _fields(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
+    return [f for f in model.model_fields if f not in ("source", "positions")]
 
 
 def _describe(err: Mapping[str, Any], model_fields: list[str]) -> tuple[str, bool]:
@@ -182,8 +183,10 @@ def _raise_first(exc: ValidationError, base: Path, pos: Positions, model: type[B
     for part in loc[:-1]:
         field = sub.model_fields.get(str(part)) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None) if field else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            sub = ann
+        for candidate in (ann, *typing.get_args(ann)):  # Model, dict[str, Model], list[Model]
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                sub = candidate
+                break
     message, is_key = _describe(err, _fields(sub))
     if err["type"] == "missing":
         return pos.error(base + loc[:-1], message)
