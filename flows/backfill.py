@@ -251,7 +251,10 @@ async def ensure_automations(grace_seconds: int = HEARTBEAT_GRACE_SECONDS) -> No
     tagged = ResourceSpecification({"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.vidbatch"})
     wanted = {
         ZOMBIE_AUTOMATION: (
-            {"prefect.flow-run.heartbeat"}, {"prefect.flow-run.heartbeat", *terminal}, grace_seconds,
+            # armed by Running too: a worker killed before the run's first heartbeat (30 s in)
+            # would otherwise leave the run Running forever
+            {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}, {"prefect.flow-run.heartbeat", *terminal},
+            grace_seconds,
             f"no heartbeat for {grace_seconds} s: the worker running it is gone",
         ),
         # a worker that died after claiming a run but before starting it leaves it Pending
@@ -263,7 +266,8 @@ async def ensure_automations(grace_seconds: int = HEARTBEAT_GRACE_SECONDS) -> No
     async with get_client() as client:
         for name, (after, expect, within, message) in wanted.items():
             existing = await client.read_automations_by_name(name=name)
-            if existing and int(existing[0].trigger.within.total_seconds()) == within:  # type: ignore[union-attr]
+            if (existing and int(existing[0].trigger.within.total_seconds()) == within  # type: ignore[union-attr]
+                    and set(existing[0].trigger.after) == after):  # type: ignore[union-attr]
                 continue
             for old in existing:
                 await client.delete_automation(old.id)
