@@ -115,11 +115,12 @@ async def process_manifest(
     write_jsonl(summary["report"], rows, dict(m.storage_options))
     # -- handoff (issue 6): Parquet + HTML next to the JSONL; adds report_parquet / report_html to the summary
     from vidbatch.handoff import awrite_handoff
-    await awrite_handoff(m, rows, summary, thumbs=await thumbs.collect())
     if report:
         write_jsonl(report, rows)
         summary["report_copy"] = report
-    await _artifacts(m.name, rows, summary)
+    # the artifacts are Prefect API calls, the handoff is file work in a thread: side by side
+    await asyncio.gather(awrite_handoff(m, rows, summary, thumbs=await thumbs.collect()),
+                         _artifacts(m.name, rows, summary))
     logger.info("%s: %s", m.name, {k: v for k, v in summary.items() if k != "rows"})
     summary["rows"] = [r.safe() for r in rows]
     return summary

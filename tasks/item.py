@@ -11,7 +11,7 @@ from vidbatch.spec import Item
 from vidbatch.tasks.policies import NO_RETRIES
 
 
-@task(name="process-item", task_run_name="{item.rel}", cache_policy=NO_CACHE, persist_result=False, **NO_RETRIES)
+@task(name="process-item", task_run_name="item {item.rel}", cache_policy=NO_CACHE, persist_result=False, **NO_RETRIES)
 async def process_item(run_id: str, item: Item, stages: Any) -> ReportRow:
     """One video through the five stages: stage, submit, poll, download, verify.
 

@@ -81,7 +81,7 @@ class RunContext:
         """The learned job time of this item (None before the first job of its kind finished).
 
         The margin widens with the observed spread (3x the mean relative deviation,
-        at least 10 %; 25 % after a single observation).
+        at least 5 %; 25 % after a single observation).
         """
         key = (item.spec.provider, item.spec.operation)
         per = self.pace.get(key)
@@ -89,7 +89,7 @@ class RunContext:
             return None
         duration = media.duration if media and media.duration > 0 else 10.0
         n = self.pace_count.get(key, 1)
-        margin = 0.25 if n < 2 else min(0.5, max(0.1, 3.0 * self.pace_spread.get(key, 0.0)))
+        margin = 0.25 if n < 2 else min(0.5, max(0.05, 3.0 * self.pace_spread.get(key, 0.0)))
         return Pace(per * max(duration, 0.1), margin)
 
     def seed_pace(self, doc: Mapping[str, Any]) -> None:

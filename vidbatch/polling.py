@@ -16,11 +16,17 @@ its polls where the end is expected, from what is known, best first:
    re-plan as soon as a sibling finishes (and seeded from earlier runs on the
    same state store, see ``StateStore.read_pace``);
 3. nothing (a first job on fal, or one progress reading whose start is
-   unknown): a geometric schedule whose every wait stays inside the bound.
+   unknown): a geometric schedule whose every wait stays inside the bound,
+   dense up to the duration prior (short jobs are seen early), then
+   ``BLIND_RATE * elapsed + 0.8 s``, as close to the bound as the request's
+   own time allows. This case cannot meet a dozen polls (~35 at 60 s, ~80 at
+   600 s: even waits at the bound itself need ~28 and ~69); the next run
+   starts from the pace this one saved.
 
 From an estimate ``(low, mid, high)`` of the elapsed time at completion: before
 ``low`` the loop sleeps straight to it (at least one fine step); between
-``low`` and ``high`` it polls every ``FINE`` of the job; past ``high``, and
+``low`` and ``high`` it polls every ``FINE`` of the job (at most ~8 steps across
+the window); past ``high``, and
 without any estimate, the wait is ``SLACK_RATE * elapsed + base``: the bound
 with room for the request itself (``base`` is 20 % of the expected job, at
 most 0.8 s, so short jobs are not left waiting most of a second).
@@ -36,9 +42,11 @@ from vidbatch.spec import JobState, JobStatus
 SLACK_RATE = 0.04
 SLACK_BASE_MAX = 0.8
 #: step around the expected end, as a fraction of the expected job time
-FINE = 0.02
+FINE = 0.01
 #: the shortest wait between two status requests of one job (seconds)
-MIN_WAIT = 0.02
+MIN_WAIT = 0.01
+#: blind waits past the prior: 4.5 % of the elapsed time + 0.8 s (bound: 5 % + 1 s)
+BLIND_RATE = 0.045
 #: relative uncertainty kept around a time-left estimate from progress
 PROGRESS_MARGIN = 0.15
 
@@ -135,9 +143,12 @@ class PollSchedule:
         ref = est[1] if est else self.prior
         slack = SLACK_RATE * t + self._base(ref)
         if est is None:
-            return max(MIN_WAIT, slack)
+            if t < self.prior:
+                return max(MIN_WAIT, slack)  # blind, within the duration prior: short jobs are seen early
+            # blind past the prior: as close to the bound as the request's own time allows
+            return BLIND_RATE * t + SLACK_BASE_MAX
         low, mid, high = est
-        # ~2 % of the job, and at most ~8 steps across the window (a wide margin)
+        # ~1 % of the job, and at most ~8 steps across the window (a wide margin)
         fine = max(MIN_WAIT, FINE * mid, (high - low) / 8)
         if self.queued_until and self.queued_until == self.last_pending:
             # still queued: it cannot be done before it starts and runs the learned time

@@ -10,6 +10,7 @@ submission overlap and nothing holds a 100k-item list of task runs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -382,7 +383,7 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages,
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 4)
 
     try:
-        prior = await asyncio.to_thread(ctx.state.read_handle, item.key)  # S3 state: not on the loop
+        prior = await _state_io(ctx, ctx.state.read_handle, item.key)
         reattach = bool(prior and prior.get("state") == "submitted" and not ctx.force)
         t0 = time.perf_counter()
         staged, media = await stages.stage(ctx.run_id, item, upload=not reattach)
@@ -455,8 +456,8 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages,
         row = _row(ctx, m, item, status="verified", outputs=outputs, request_id=request_id, cost_usd=cost,
                    timings=timings, verify=facts, metrics=metrics, warnings=warnings)
         record = {**row.safe(), "outputs": outputs}
-        await asyncio.to_thread(ctx.state.write_record, item.key, record)  # last: its presence means done
-        await asyncio.to_thread(ctx.state.delete_handle, item.key)
+        await _state_io(ctx, ctx.state.write_record, item.key, record)  # last: its presence means done
+        await _state_io(ctx, ctx.state.delete_handle, item.key)
         if hasattr(provider, "forget"):
             provider.forget(handle)  # type: ignore[attr-defined]
         return row
@@ -486,24 +487,52 @@ def _discard(outputs: Iterable[str], options: Mapping[str, Any]) -> None:
             log.warning("could not remove %s after it failed verification", url)
 
 
+async def _state_io(ctx: RunContext, fn: Callable[..., Any], *args: Any) -> Any:
+    """A state-store call: inline on a local root (~20-150 us; a thread hop costs more),
+    in a thread on a remote one (an S3 round trip must not stall the event loop)."""
+    if storage.is_local(ctx.state.root):
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+#: items planned per thread hop: the planner stays lazy, without a hop (and a lock
+#: round) per item
+PULL = 8
+
+
+def _pull(items: Iterator[Item], n: int) -> tuple[list[Item], bool, BaseException | None]:
+    got: list[Item] = []
+    try:
+        for _ in range(n):
+            got.append(next(items))
+    except StopIteration:
+        return got, True, None
+    except Exception as exc:  # noqa: BLE001 - raised to a worker once the items before it are served
+        return got, True, exc
+    return got, False, None
+
+
 async def drive(items: Iterator[Item], workers: int, fn: Callable[[Item], Awaitable[ReportRow]],
                 on_row: Callable[[Item, ReportRow], None] | None = None) -> list[ReportRow]:
     """Run ``fn`` over a (lazy) item iterator with ``workers`` concurrent workers."""
     rows: list[tuple[int, ReportRow]] = []
     lock = asyncio.Lock()
+    buffer: collections.deque[Item] = collections.deque()
     exhausted = False
-    sentinel = object()
+    error: BaseException | None = None
 
     async def next_item() -> Item | None:
-        nonlocal exhausted
+        nonlocal exhausted, error
         async with lock:
-            if exhausted:
-                return None
-            item = await asyncio.to_thread(next, items, sentinel)
-            if item is sentinel:
-                exhausted = True
-                return None
-            return item  # type: ignore[return-value]
+            if not buffer and not exhausted:
+                got, exhausted, error = await asyncio.to_thread(_pull, items, PULL)
+                buffer.extend(got)
+            if buffer:
+                return buffer.popleft()
+            if error is not None:
+                exc, error = error, None
+                raise exc
+            return None
 
     async def worker() -> None:
         while (item := await next_item()) is not None:

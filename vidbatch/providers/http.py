@@ -45,7 +45,7 @@ from vidbatch.errors import (
 )
 from vidbatch.providers.base import ArtifactExpiredError, Provider, ProviderSettings
 from vidbatch.redact import redact, redact_url, register_secret
-from vidbatch.spec import Artifact
+from vidbatch.spec import Artifact, JobHandle
 
 #: download chunk size: at least 1 MiB per read, bounded memory
 DOWNLOAD_CHUNK = 1 << 20
@@ -517,6 +517,10 @@ class HostedProvider(Provider):
     async def _refresh_from_meta(self, artifact: Artifact) -> Artifact | None:
         """A fresh artifact from what ``artifact.meta`` records (None: cannot)."""
         return None
+
+    async def refresh_artifact(self, handle: JobHandle, artifact: Artifact) -> Artifact:
+        fresh = await self._refresh_from_meta(artifact)
+        return fresh if fresh is not None else await super().refresh_artifact(handle, artifact)
 
 
 def utc_iso_to_epoch(value: Any) -> float | None:

@@ -480,10 +480,6 @@ class RemoveBgVideoProvider(HostedProvider):
             meta["duration"] = job["duration_seconds"]
         return Artifact(url=url, kind="video", content_type=OUTPUT_TYPES.get(fmt) or guess_type(url, ""), meta=meta)
 
-    async def refresh_artifact(self, handle: JobHandle, artifact: Artifact) -> Artifact:
-        fresh = await self._refresh_from_meta(artifact)
-        return fresh if fresh is not None else await super().refresh_artifact(handle, artifact)
-
     async def _refresh_from_meta(self, artifact: Artifact) -> Artifact | None:
         job_id = artifact.meta.get("job_id")
         if not job_id:

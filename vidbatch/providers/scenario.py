@@ -615,10 +615,6 @@ class ScenarioProvider(HostedProvider):
             meta=meta,
         )
 
-    async def refresh_artifact(self, handle: JobHandle, artifact: Artifact) -> Artifact:
-        fresh = await self._refresh_from_meta(artifact)
-        return fresh if fresh is not None else await super().refresh_artifact(handle, artifact)
-
     async def _refresh_from_meta(self, artifact: Artifact) -> Artifact | None:
         asset_id = artifact.meta.get("asset_id")
         if not asset_id:
