@@ -18,7 +18,7 @@ import posixpath
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from vidbatch import storage
 from vidbatch.errors import (
@@ -81,7 +81,7 @@ class RunContext:
         """The learned job time of this item (None before the first job of its kind finished).
 
         The margin widens with the observed spread (3x the mean relative deviation,
-        at least 5 %; 25 % after a single observation).
+        or of the samples' own uncertainty; at least 5 %, 25 % after one observation).
         """
         key = (item.spec.provider, item.spec.operation)
         per = self.pace.get(key)
@@ -89,7 +89,7 @@ class RunContext:
             return None
         duration = media.duration if media and media.duration > 0 else 10.0
         n = self.pace_count.get(key, 1)
-        margin = 0.25 if n < 2 else min(0.5, max(0.05, 3.0 * self.pace_spread.get(key, 0.0)))
+        margin = min(0.5, max(0.25 if n < 2 else 0.05, 3.0 * self.pace_spread.get(key, 0.0)))
         return Pace(per * max(duration, 0.1), margin)
 
     def seed_pace(self, doc: Mapping[str, Any]) -> None:
@@ -110,16 +110,18 @@ class RunContext:
                              "n": self.pace_count.get((p, o), 1), "at": round(time.time())}
                 for (p, o), v in self.pace.items()}
 
-    def learn(self, item: Item, media: MediaInfo | None, seconds: float) -> None:
+    def learn(self, item: Item, media: MediaInfo | None, seconds: float, uncertainty: float = 0.0) -> None:
+        """One finished job's run time; ``uncertainty``: relative half-width of the poll
+        bracket it was seen in (a job seen late by a sparse schedule is a loose sample)."""
         if not media or media.duration <= 0:
             return
         key = (item.spec.provider, item.spec.operation)
         sample = seconds / media.duration
         old = self.pace.get(key)
         if old is None:
-            self.pace[key], self.pace_spread[key] = sample, 0.0
+            self.pace[key], self.pace_spread[key] = sample, uncertainty
         else:
-            dev = abs(sample - old) / old if old > 0 else 0.0
+            dev = max(abs(sample - old) / old if old > 0 else 0.0, uncertainty)
             self.pace_spread[key] = 0.7 * self.pace_spread.get(key, 0.0) + 0.3 * dev
             self.pace[key] = 0.7 * old + 0.3 * sample
         self.pace_count[key] = self.pace_count.get(key, 0) + 1
@@ -297,7 +299,8 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
         now = time.time() - start
         if status.state.terminal:
             if status.state == JobState.SUCCEEDED and item.key not in ctx.reattached:
-                ctx.learn(item, media, schedule.run_seconds(now))
+                run_s = schedule.run_seconds(now)
+                ctx.learn(item, media, run_s, (now - schedule.last_pending) / 2 / run_s if run_s > 0 else 0.0)
             return status
         schedule.observe(now, status)
         await provider.wait(handle, schedule.next_wait(now))
@@ -317,10 +320,26 @@ async def _stream_to(provider: Provider, art: Artifact, url: str, options: Mappi
         raise ResultError(f"{provider.name} returned an empty {art.kind} file", provider=provider.name) from None
 
 
+async def _api_call(ctx: RunContext, provider: Provider, call: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
+    """One idempotent provider request (a GET), retried here on transient errors.
+
+    A download is several requests (result, file, refresh); retrying each one
+    where it fails keeps a 10 % rate-limit rate from failing whole stages.
+    """
+    for attempt in range(attempts):
+        try:
+            async with ctx.limiters[provider.name].request():
+                return await call()
+        except TransientError as exc:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(exc.retry_after or min(30.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
     provider = ctx.provider(item.spec.provider)
-    async with ctx.limiters[provider.name].request():
-        arts = await provider.results(handle)
+    arts = await _api_call(ctx, provider, lambda: provider.results(handle))
     videos = [a for a in arts if a.kind == "video"]
     masks = [a for a in arts if a.kind == "mask"]
     if not videos:
@@ -343,8 +362,8 @@ async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
                 if isinstance(exc, TransientError):
                     await asyncio.sleep(exc.retry_after or 0.5 * 2**attempt)
                 # an expired or broken URL: ask the provider for a fresh one
-                async with ctx.limiters[provider.name].request():
-                    art = await provider.refresh_artifact(handle, art)
+                stale = art
+                art = await _api_call(ctx, provider, lambda: provider.refresh_artifact(handle, stale))
         if item.key in ctx.reattached:
             # a run killed mid-download left its temp key; this item's output is promoted now
             await asyncio.to_thread(_sweep_stale_temps, target, item.key, ctx.output_options, started)
