@@ -104,3 +104,29 @@ def test_cli_run_isolates_a_bad_input(tmp_path: Path, clips: dict[str, str]) -> 
     assert rows["notes.mp4"]["status"] == "failed" and rows["notes.mp4"]["reason"] == "input"
     assert rows["zero.mp4"]["status"] == "failed" and "empty" in rows["zero.mp4"]["error"].lower()
     assert not (tmp_path / "out" / "notes.webm").exists()
+
+
+def test_thresholds_warn_and_fail_reach_the_report_and_exit_code(tmp_path: Path, clips: dict[str, str]) -> None:
+    manifest = tmp_path / "t.yaml"
+    manifest.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: thresholds
+        output: {tmp_path}/out/{{stem}}.{{operation}}.{{ext}}
+        videos:
+          - url: {clips['person']}
+            verify:
+              coverage_mean: {{max: 0.0, on_fail: warn}}
+          - url: {clips['person']}
+            operation: upscale
+            factor: 2
+            format: mp4
+            verify:
+              fidelity_psnr: {{min: 1000}}
+        """))
+    result = CliRunner().invoke(app, ["run", str(manifest), "--report", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 1, result.output
+    rows = {r["operation"]: r for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    warned, failed = rows["remove-background"], rows["upscale"]
+    assert warned["status"] == "verified" and any("coverage_mean" in w for w in warned["warnings"])
+    assert failed["status"] == "failed" and failed["reason"] == "verify" and "fidelity_psnr" in failed["error"]
+    assert not Path(failed["outputs"][0] if failed["outputs"] else tmp_path / "none").exists()
