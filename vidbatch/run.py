@@ -175,20 +175,18 @@ async def start_global_limits(ctx: RunContext, m: Manifest) -> bool:
 
     if not leases.server_mode():
         return False
-    from prefect.client.orchestration import get_client
+    from vidbatch import gcl
 
-    async with get_client() as client:
-        for name, lim in ctx.limiters.items():
-            await client.upsert_global_concurrency_limit_by_name(leases.limit_name(name), lim.concurrency)
-            if lim.requests_per_second:
-                await client.upsert_global_concurrency_limit_by_name(
-                    leases.rate_name(name), max(1, int(lim.requests_per_second)),
-                    slot_decay_per_second=lim.requests_per_second,
-                )
+    # the local engine is bound by each machine's own CPUs: no global limit for it
+    hosted = [name for name in ctx.limiters if name not in gcl.LOCAL_PROVIDERS]
+    if not hosted:
+        return False
+    await gcl.aensure_limits(m, hosted)
     await leases.reclaim_dead_holders(ctx.state.root, dict(ctx.state.storage_options))
     registry = leases.LeaseRegistry(ctx.state.root, dict(ctx.state.storage_options))
     ctx.lease_registry = registry
-    for name, lim in ctx.limiters.items():
+    for name in hosted:
+        lim = ctx.limiters[name]
         lim.global_slots = leases.GlobalSlots(leases.limit_name(name), registry)
         if lim.requests_per_second:
             lim.global_rate = leases.GlobalRate(leases.rate_name(name), lim.requests_per_second)
