@@ -136,7 +136,8 @@ async def measure(emulator: str, k: int = 3, durations: tuple[float, ...] = DURA
                         j = jobs[r["id"]]
                         rows.append({"duration": d, "wave": wave, "provider": r["provider"], "polls": j["polls"],
                                      "delay": r["detected"] - (j["run_seconds"] or d / scale) * scale,  # wall -> emulated
-                                     "state": r["state"]})
+                                     "state": r["state"], "detected": r["detected"], "run_wall": j["run_seconds"],
+                                     "scale": scale})
     finally:
         pipeline.time = real_time  # type: ignore[assignment]
         Provider.wait = real_wait  # type: ignore[method-assign]

@@ -60,6 +60,7 @@ class Results:
     vidbatch: dict[str, dict[str, Any]] = field(default_factory=dict)
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     polls: list[dict[str, Any]] = field(default_factory=list)
+    poll_rows: list[dict[str, Any]] = field(default_factory=list)
     startup: float | None = None
     #: 1-minute load average before and after (other processes on the box skew every figure)
     load: tuple[float, float] = (0.0, 0.0)
@@ -149,6 +150,6 @@ def run_suite(cfg: Config, machine: dict[str, str]) -> Results:
             polls = _child(["-m", "bench.polls", "--emulator", emu.base_url, "-k", str(cfg.k),
                             "--durations", ",".join(f"{d:g}" for d in cfg.durations),
                             "--wall-per-job", str(cfg.poll_wall)], env)
-            out.polls = polls["summary"]
+            out.polls, out.poll_rows = polls["summary"], polls["rows"]
     out.load = (load0, os.getloadavg()[0])
     return out
