@@ -46,8 +46,14 @@ def guarded(fn: Callable[[], int | None]) -> None:
     except VidbatchError as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
-        fail("interrupted; in-flight jobs were cancelled where the provider can cancel, the others keep their "
-             "handles: rerun to re-attach", 130)
+        err.print("[bold red]error:[/] interrupted; in-flight jobs were cancelled where the provider can cancel, "
+                  "the others keep their handles: rerun to re-attach", highlight=False, soft_wrap=True)
+        # the flow has already cancelled or kept every job and written its state; skip the
+        # interpreter's exit hooks: Prefect's event worker would wait forever to drain into
+        # the ephemeral server that the same Ctrl-C just stopped
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if DEBUG["on"]:
             raise
