@@ -546,9 +546,3 @@ async def drive(items: Iterator[Item], workers: int, fn: Callable[[Item], Awaita
 def worker_count(ctx: RunContext) -> int:
     """Enough workers to keep every provider's slots busy while others stage/verify."""
     return sum(lim.concurrency for lim in ctx.limiters.values()) * 2 + 2
-
-
-def summary_counts(rows: list[ReportRow]) -> Mapping[str, int]:
-    from vidbatch.report import summarize
-
-    return summarize(rows)
