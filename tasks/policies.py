@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from vidbatch.errors import SubmitUncertainError, is_transient
+from vidbatch.errors import MAX_RETRY_HINT_SECONDS, SubmitUncertainError, is_transient
 
 
 def should_retry(exc: BaseException) -> bool:
@@ -40,7 +40,7 @@ async def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 #: longest Retry-After hint honoured before a task retry (a hostile value must not park a worker)
-MAX_HINT_SECONDS = 120.0
+MAX_HINT_SECONDS = MAX_RETRY_HINT_SECONDS
 
 #: transient failures of a stage: 4 retries, 1 s, 2 s, 4 s, 8 s, with jitter
 TRANSIENT_RETRIES: dict[str, Any] = {

@@ -180,7 +180,8 @@ videos:
   - {rbv[0]}
   - {{url: {scn[0]}, provider: scenario}}
 """)
-    fresh.set_faults(retry_after=2.5, rules=[
+    # whole seconds: Retry-After (removebgvideo) carries delta-seconds as an integer
+    fresh.set_faults(retry_after=3, rules=[
         {"fault": "rate_limit", "routes": ["removebgvideo:submit"], "times": 2},
         {"fault": "rate_limit", "routes": ["scenario:submit"], "times": 2},
     ])
@@ -188,8 +189,8 @@ videos:
     rows = {r["provider"]: r for r in summary["rows"]}
     for provider in ("removebgvideo", "scenario"):
         assert rows[provider]["status"] == "verified", rows[provider]
-        # two 429s asking for 2.5 s each: the submit stage waited at least that long
-        assert rows[provider]["timings"]["submit"] >= 5.0, rows[provider]["timings"]
+        # two 429s asking for 3 s each: the submit stage waited at least that long
+        assert rows[provider]["timings"]["submit"] >= 6.0, rows[provider]["timings"]
         assert _requests(fresh, f"{provider}:submit") == 3
     assert fresh.stats()["submissions"]["removebgvideo"] == 1
 
@@ -214,6 +215,23 @@ async def test_5xx_retries_but_a_permanent_error_fails_at_once_with_the_provider
     assert row["timings"]["total"] < 5
     assert _requests(fresh, "removebgvideo:submit") == 1  # no retry of a permanent error
     assert not list((tmp_path / "out-perm").glob("*.webm"))
+
+
+async def test_a_rate_limited_upload_is_retried_in_place_and_never_fails_the_item(tmp_path: Path, fresh: Any) -> None:
+    """Uploads create no job, so each one is retried where it fails.
+
+    Six 429s in a row are more than the stage's own 5 attempts would absorb if
+    each 429 failed the whole stage (the CI flake this test pins down).
+    """
+    clips = make_clips(tmp_path / "in", 1, seed0=6600)
+    manifest = _manifest(tmp_path, "removebgvideo", clips, name="upl")
+    fresh.set_faults(rules=[{"fault": "rate_limit", "routes": ["removebgvideo:upload"], "times": 6}], retry_after=0)
+    summary = await _run(manifest, fresh)
+    [row] = summary["rows"]
+    assert row["status"] == "verified", row
+    assert _requests(fresh, "removebgvideo:upload") == 7
+    assert _requests(fresh, "removebgvideo:submit") == 1
+    assert fresh.stats()["submissions"]["removebgvideo"] == 1
 
 
 # ------------------------------------------------------------------ budget

@@ -22,10 +22,12 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from vidbatch import storage
 from vidbatch.errors import (
+    MAX_RETRY_HINT_SECONDS,
     InputError,
     JobGoneError,
     PermanentError,
     ProviderError,
+    RateLimitedError,
     ResultError,
     StorageError,
     SubmitUncertainError,
@@ -35,7 +37,7 @@ from vidbatch.errors import (
 from vidbatch.limits import ProviderLimiter
 from vidbatch.polling import Pace, PollSchedule
 from vidbatch.providers.base import Provider
-from vidbatch.spec import Artifact, Item, JobHandle, JobState, JobStatus, MediaInfo, StagedInput
+from vidbatch.spec import Artifact, Item, JobHandle, JobSpec, JobState, JobStatus, MediaInfo, StagedInput
 from vidbatch.state import StateStore
 
 log = logging.getLogger("vidbatch")
@@ -189,7 +191,9 @@ async def stage(ctx: RunContext, item: Item) -> tuple[StagedInput, MediaInfo]:
     info = await asyncio.to_thread(probe_input, item)
     provider = ctx.provider(item.spec.provider)
     provider.check_input(item.spec, info)
-    staged = await provider.stage(item)
+    # staging is an upload or a presign: no job, nothing billed, so a transient
+    # failure (a 429 on the upload) is retried right here rather than failing the stage
+    staged = await _api_call(ctx, provider, lambda: provider.stage(item), attempts=3)
     return staged, info
 
 
@@ -217,35 +221,54 @@ async def submit(ctx: RunContext, item: Item, staged: StagedInput, *, attempt: i
             # the provider lists no job from that submit: it never created one, submitting is safe
             log.info("%s: the interrupted submit of %s created no job; submitting", provider.name, item.rel or item.key[:12])
     hint = provider.submit_hint(item.spec, staged) if provider.can_recheck_submit else {}
-    async with ctx.limiters[provider.name].request():
-        ctx.state.write_intent(item.key, provider.name, attempt, note, hint=hint)
-        try:
-            handle = await provider.submit(item.spec, staged)
-        except SubmitUncertainError as exc:
-            if not provider.paid:
-                ctx.state.delete_handle(item.key)
-                raise
-            if not provider.can_recheck_submit:
-                raise UnknownSubmitError(
-                    f"unknown - not resubmitted: the submit to {provider.name} timed out after it was sent, so the "
-                    "job may exist and be billed; check the provider's dashboard, then rerun with --force to submit again",
-                    provider=provider.name,
-                ) from None
-            found = await _recheck(ctx, provider, item, staged, since=time.time() - 120, hint=hint)
-            if found is None:
-                # not listed: keep the intent, so the retry re-checks once more before it submits again
-                raise TransientError(f"{exc}; the provider lists no such job, re-checking before a resubmit",
-                                     provider=provider.name) from None
-            handle = found
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            # interrupted while the request may be on the wire: keep the intent, a rerun re-checks
-            raise
-        except BaseException:
-            # the request was refused before a job existed (or never sent): safe to retry
+    ctx.state.write_intent(item.key, provider.name, attempt, note, hint=hint)
+    try:
+        handle = await _send_submit(ctx, provider, item.spec, staged)
+    except SubmitUncertainError as exc:
+        if not provider.paid:
             ctx.state.delete_handle(item.key)
             raise
+        if not provider.can_recheck_submit:
+            raise UnknownSubmitError(
+                f"unknown - not resubmitted: the submit to {provider.name} timed out after it was sent, so the "
+                "job may exist and be billed; check the provider's dashboard, then rerun with --force to submit again",
+                provider=provider.name,
+            ) from None
+        found = await _recheck(ctx, provider, item, staged, since=time.time() - 120, hint=hint)
+        if found is None:
+            # not listed: keep the intent, so the retry re-checks once more before it submits again
+            raise TransientError(f"{exc}; the provider lists no such job, re-checking before a resubmit",
+                                 provider=provider.name) from None
+        handle = found
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # interrupted while the request may be on the wire: keep the intent, a rerun re-checks
+        raise
+    except BaseException:
+        # the request was refused before a job existed (or never sent): safe to retry
+        ctx.state.delete_handle(item.key)
+        raise
     ctx.state.write_handle(item.key, handle.to_json(), attempt, note)
     return handle
+
+
+async def _send_submit(ctx: RunContext, provider: Provider, spec: JobSpec, staged: StagedInput,
+                       attempts: int = 4) -> JobHandle:
+    """The submit request, sent again in place only after a 429.
+
+    A 429 is the provider refusing the request, so no job exists and re-sending
+    cannot bill twice; at a 10 % rate-limit rate this keeps submits from
+    spending the stage's retries. Every other error goes to the caller.
+    """
+    for tries in range(attempts):
+        async with ctx.limiters[provider.name].request():
+            try:
+                return await provider.submit(spec, staged)
+            except RateLimitedError as exc:
+                if tries == attempts - 1:
+                    raise
+                wait = retry_wait(exc, tries)
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _recheck(ctx: RunContext, provider: Provider, item: Item, staged: StagedInput, since: float,
@@ -262,7 +285,7 @@ async def _recheck(ctx: RunContext, provider: Provider, item: Item, staged: Stag
         except TransientError as exc:
             if tries == 2:
                 raise
-            await asyncio.sleep(exc.retry_after or 0.5 * 2**tries)
+            await asyncio.sleep(retry_wait(exc, tries))
     return None  # pragma: no cover
 
 
@@ -294,7 +317,7 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
             errors += 1
             if errors > 12:
                 raise
-            await asyncio.sleep(exc.retry_after or min(30.0, 0.5 * 2**errors))
+            await asyncio.sleep(retry_wait(exc, errors))
             continue
         now = time.time() - start
         if status.state.terminal:
@@ -320,11 +343,19 @@ async def _stream_to(provider: Provider, art: Artifact, url: str, options: Mappi
         raise ResultError(f"{provider.name} returned an empty {art.kind} file", provider=provider.name) from None
 
 
-async def _api_call(ctx: RunContext, provider: Provider, call: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
-    """One idempotent provider request (a GET), retried here on transient errors.
+def retry_wait(exc: TransientError, tries: int) -> float:
+    """Seconds before re-sending: the provider's hint (capped), else backoff from 0.5 s."""
+    if exc.retry_after:
+        return min(float(exc.retry_after), MAX_RETRY_HINT_SECONDS)
+    return min(30.0, 0.5 * 2**tries)
 
-    A download is several requests (result, file, refresh); retrying each one
-    where it fails keeps a 10 % rate-limit rate from failing whole stages.
+
+async def _api_call(ctx: RunContext, provider: Provider, call: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
+    """One provider request that is safe to repeat, retried here on transient errors.
+
+    That is every GET and the stage's upload (which creates no job). A download
+    is several requests (result, file, refresh); retrying each one where it
+    fails keeps a 10 % rate-limit rate from failing whole stages.
     """
     for attempt in range(attempts):
         try:
@@ -333,7 +364,7 @@ async def _api_call(ctx: RunContext, provider: Provider, call: Callable[[], Awai
         except TransientError as exc:
             if attempt == attempts - 1:
                 raise
-            await asyncio.sleep(exc.retry_after or min(30.0, 0.5 * 2**attempt))
+            await asyncio.sleep(retry_wait(exc, attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -360,7 +391,7 @@ async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
                 if isinstance(exc, (JobGoneError,)) or attempt == 3:
                     raise
                 if isinstance(exc, TransientError):
-                    await asyncio.sleep(exc.retry_after or 0.5 * 2**attempt)
+                    await asyncio.sleep(retry_wait(exc, attempt))
                 # an expired or broken URL: ask the provider for a fresh one
                 stale = art
                 art = await _api_call(ctx, provider, lambda: provider.refresh_artifact(handle, stale))
