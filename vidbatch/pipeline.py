@@ -298,9 +298,26 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
     deadline_s = max(ctx.poll_deadline_min, ctx.poll_deadline_factor * (media.duration if media else 60))
     start = handle.submitted_at or time.time()
     errors = 0
+    # a provider that pushes statuses is followed instead of polled, until its stream fails
+    watching = provider.pushes_status
+    watched_at: float | None = None
+
+    def observe(status: JobStatus) -> None:
+        schedule.observe(time.time() - start, status)
+
+    async def pause(elapsed: float) -> None:
+        nonlocal watching, watched_at
+        if watching:
+            async with ctx.limiters[provider.name].request():
+                watching = await provider.watch(handle, max(1.0, deadline_s - elapsed), on_status=observe)
+            if watching:
+                watched_at = time.time() - start
+                return
+        await provider.wait(handle, schedule.next_wait(elapsed))
+
     if item.key not in ctx.reattached:
         # a job just submitted is not done yet: the first status request waits for the schedule
-        await provider.wait(handle, schedule.next_wait(time.time() - start))
+        await pause(time.time() - start)
     while True:
         elapsed = time.time() - start
         if elapsed > deadline_s:
@@ -321,12 +338,14 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
             continue
         now = time.time() - start
         if status.state.terminal:
+            if watched_at is not None:
+                schedule.pushed_end(watched_at)
             if status.state == JobState.SUCCEEDED and item.key not in ctx.reattached:
                 run_s = schedule.run_seconds(now)
                 ctx.learn(item, media, run_s, (now - schedule.last_pending) / 2 / run_s if run_s > 0 else 0.0)
             return status
         schedule.observe(now, status)
-        await provider.wait(handle, schedule.next_wait(now))
+        await pause(now)
 
 
 # -- download ------------------------------------------------------------------

@@ -21,7 +21,9 @@ its polls where the end is expected, from what is known, best first:
    ``BLIND_RATE * elapsed + 0.8 s``, as close to the bound as the request's
    own time allows. This case cannot meet a dozen polls (~35 at 60 s, ~80 at
    600 s: even waits at the bound itself need ~28 and ~69); the next run
-   starts from the pace this one saved.
+   starts from the pace this one saved. fal, the provider without progress,
+   pushes statuses instead (``Provider.watch``): the loop follows its stream and
+   uses this schedule only when the stream cannot be used.
 
 From an estimate ``(low, mid, high)`` of the elapsed time at completion: before
 ``low`` the loop sleeps straight to it (at least one fine step); between
@@ -87,6 +89,11 @@ class PollSchedule:
         p = status.progress
         if p is not None and 0.0 < p < 1.0:
             self.samples.append((elapsed, float(p)))
+
+    def pushed_end(self, elapsed: float) -> None:
+        """The job's end was pushed (a status stream) at ``elapsed``: it ended then, not
+        somewhere since the last poll, so the learned pace is not halved."""
+        self.last_pending = max(self.last_pending, elapsed)
 
     def run_seconds(self, elapsed: float) -> float:
         """For a job seen done at ``elapsed``: its run time (from the last time it was

@@ -59,6 +59,9 @@ BIREFNET_MODELS = ["General Use (Light)", "General Use (Light 2K)", "General Use
 QUALITIES = ["low", "medium", "high", "maximum"]
 WRITE_MODES = ["fast", "balanced", "small"]
 TARGETS = ["720p", "1080p", "1440p", "2160p"]
+#: status streams: how often a job is looked at (wall s), and the keep-alive ping
+STREAM_TICK = 0.02
+STREAM_PING_SECONDS = 15.0
 
 F = schema.Field
 VIDEO_SCHEMA = [
@@ -322,12 +325,22 @@ class Fal:
         logs = request.query_params.get("logs", "0").lower() in ("1", "true")
 
         async def events() -> Any:
+            # like fal: an event on every change (status, queue position, new logs), a
+            # comment ping every ~15 s in between, closed after COMPLETED
+            last: str | None = None
+            pinged = time.monotonic()
             while True:
                 _, body = self._status_body(ctx, job, logs)
-                yield f"data: {json.dumps(body)}\n\n".encode()
-                if body["status"] == "COMPLETED":
-                    return
-                await asyncio.sleep(0.25)
+                text = json.dumps(body)
+                if text != last:
+                    yield f"data: {text}\n\n".encode()
+                    last, pinged = text, time.monotonic()
+                    if body["status"] == "COMPLETED":
+                        return
+                elif time.monotonic() - pinged >= STREAM_PING_SECONDS:
+                    yield b": ping\n\n"
+                    pinged = time.monotonic()
+                await asyncio.sleep(STREAM_TICK)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"x-fal-request-id": job.id})
 

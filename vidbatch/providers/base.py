@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import os
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, ClassVar, Mapping
+from typing import Any, AsyncIterator, Callable, ClassVar, Mapping
 
 from vidbatch.errors import ConfigError, TransientError
 from vidbatch.spec import Artifact, Cost, Item, JobHandle, JobSpec, JobStatus, MediaInfo, StagedInput
@@ -87,6 +87,9 @@ class Provider(abc.ABC):
     #: the vendor's suggested poll cadence: the floor of ``poll_interval`` for long
     #: jobs. The poll loop bounds requests per job instead (``vidbatch.polling``).
     min_poll_interval: ClassVar[float] = 2.0
+    #: whether ``watch`` can push a job's statuses (a status stream) so the poll
+    #: loop need not schedule polls at all
+    pushes_status: ClassVar[bool] = False
 
     def __init__(self, settings: ProviderSettings | None = None) -> None:
         self.settings = settings or ProviderSettings()
@@ -204,6 +207,19 @@ class Provider(abc.ABC):
         import asyncio
 
         await asyncio.sleep(seconds)
+
+    async def watch(
+        self, handle: JobHandle, timeout: float, on_status: Callable[[JobStatus], None] | None = None
+    ) -> bool:
+        """Follow the job's status stream until it ends or ``timeout`` seconds pass.
+
+        Only for providers with ``pushes_status``. Reports each pending status to
+        ``on_status``. True: the stream was followed (to the job's end, the
+        timeout, or a late close); the caller then polls once for the
+        authoritative status. False: the stream cannot be used for this job, and
+        the caller polls on its schedule instead. Never raises a provider error.
+        """
+        return False
 
     async def aclose(self) -> None:
         """Release connections."""

@@ -68,13 +68,15 @@ storage token names (falling back to the CDN URL above).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import posixpath
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
+from httpx_sse import SSEError, aconnect_sse
 
 from vidbatch import storage
 from vidbatch.errors import (
@@ -236,6 +238,9 @@ def _mapper(job: bool = False) -> Any:
 # --------------------------------------------------------------------------- provider
 
 
+#: a status stream that closes sooner than this without COMPLETED is not working here
+STREAM_MIN_USEFUL = 5.0
+
 class FalProvider(HostedProvider):
     """fal.ai queue client (see module docstring for the mapping and choices)."""
 
@@ -250,6 +255,8 @@ class FalProvider(HostedProvider):
     can_recheck_submit = False
     #: fal's Python client polls every 0.1 s (issue #573); seconds are plenty for video
     min_poll_interval = 2.0
+    #: ``GET {status_url}/stream`` pushes status changes (``watch``); ``options.status_stream: false`` turns it off
+    pushes_status = True
 
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)
@@ -646,14 +653,10 @@ class FalProvider(HostedProvider):
             mapper=_mapper(job=True),
         )
         data = json_of(resp, provider=PROVIDER, what="status")
-        status = str(data.get("status") or "")
+        pending = _pending_status(data)
+        if pending is not None:
+            return pending
         logs = _logs(data.get("logs"))
-        if status == "IN_QUEUE":
-            pos = data.get("queue_position")
-            return JobStatus(JobState.QUEUED, queue_position=int(pos) if isinstance(pos, (int, float)) else None, logs=logs)
-        if status != "COMPLETED":
-            # IN_PROGRESS, and anything new: still running
-            return JobStatus(JobState.RUNNING, logs=logs)
         if data.get("error"):
             message = f"{data.get('error_type') or 'error'}: {data['error']}"
             # the result carries the full detail (e.g. the 422's loc); prefer it
@@ -672,6 +675,49 @@ class FalProvider(HostedProvider):
         metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
         cost = self._actual_cost(handle, result, metrics)
         return JobStatus(JobState.SUCCEEDED, progress=1.0, logs=logs, cost_usd=cost.usd if cost else None, cost=cost)
+
+    async def watch(
+        self, handle: JobHandle, timeout: float, on_status: Callable[[JobStatus], None] | None = None
+    ) -> bool:
+        """Follow ``GET {status_url}/stream`` (SSE) until fal says COMPLETED or ``timeout`` passes.
+
+        fal reports no progress, so a poll schedule for a job of unknown length
+        spends dozens of requests to see its end within 5 % (``vidbatch.polling``);
+        the stream sees it the moment it happens, for one request. Anything
+        unexpected (refused, not an event stream, closed at once) returns False
+        and the caller polls instead: the stream is an optimisation, never the
+        source of truth (the caller polls once for the final status).
+        """
+        if not self.settings.options.get("status_stream", True):
+            return False
+        url = httpx.URL(self._url(handle, "status_url"))
+        url = url.copy_with(path=url.path.rstrip("/") + "/stream")
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                async with aconnect_sse(self.stream_client, "GET", str(url), params={"logs": "0"},
+                                        headers=self._auth()) as source:
+                    if not source.response.is_success:
+                        return False
+                    async for event in source.aiter_sse():
+                        try:
+                            data = event.json()
+                        except ValueError:
+                            continue  # a comment ping or a line we do not know
+                        if not isinstance(data, dict):
+                            continue
+                        if data.get("status") == "COMPLETED":
+                            return True
+                        pending = _pending_status(data)
+                        if pending is not None and on_status is not None:
+                            on_status(pending)
+        except TimeoutError:
+            return True
+        except (httpx.HTTPError, SSEError):
+            pass
+        # closed without COMPLETED: after a while (a proxy's idle limit) following it
+        # again is worth it; closed at once, the stream does not work here
+        return time.monotonic() - started >= STREAM_MIN_USEFUL
 
     async def _fetch_result(self, handle: JobHandle, *, cached: bool = True) -> dict[str, Any] | JobStatus:
         """The result JSON, or a terminal/running ``JobStatus`` when fal reports an error."""
@@ -815,6 +861,18 @@ class FalProvider(HostedProvider):
                 basis="fal birefnet/v2 $0.00111 per compute second, ~3 s per image (estimate)",
             )
         return Cost(usd=None, basis="fal birefnet/v2/video price is unpublished (UNKNOWN)")
+
+
+def _pending_status(data: Mapping[str, Any]) -> JobStatus | None:
+    """The status of a job fal has not finished (IN_QUEUE, IN_PROGRESS, anything new), else None."""
+    status = str(data.get("status") or "")
+    if status == "COMPLETED":
+        return None
+    logs = _logs(data.get("logs"))
+    if status == "IN_QUEUE":
+        pos = data.get("queue_position")
+        return JobStatus(JobState.QUEUED, queue_position=int(pos) if isinstance(pos, (int, float)) else None, logs=logs)
+    return JobStatus(JobState.RUNNING, logs=logs)
 
 
 def _logs(raw: Any) -> tuple[str, ...]:

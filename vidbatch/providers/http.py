@@ -78,6 +78,26 @@ def make_client(settings: ProviderSettings, *, connect: float = 15.0) -> httpx.A
     # profile). Not larger: httpcore checks every pooled connection (a poll and a
     # getpeername syscall each) on every request, so the pool's size costs CPU too.
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=4.0)
+    return _client(timeout, limits)
+
+
+#: open status streams per provider and event loop (one per job in flight)
+MAX_STREAMS = 256
+#: a status stream sends a comment ping about every 15 s: a minute of silence is a dead stream
+STREAM_READ_TIMEOUT = 60.0
+
+
+def make_stream_client(settings: ProviderSettings, *, connect: float = 15.0) -> httpx.AsyncClient:
+    """A client for long-lived status streams (SSE), with a pool of its own.
+
+    One stream is held open per job in flight; sharing the request pool would
+    let them starve submits and downloads (64 connections) at high concurrency.
+    """
+    timeout = httpx.Timeout(connect=connect, read=STREAM_READ_TIMEOUT, write=settings.timeout, pool=5.0)
+    return _client(timeout, httpx.Limits(max_connections=MAX_STREAMS, max_keepalive_connections=0))
+
+
+def _client(timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=timeout,
         limits=limits,
@@ -468,6 +488,9 @@ class HostedProvider(Provider):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+        self._stream_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
         for name in self.secret_names():
             register_secret(self.settings.credential(name))
 
@@ -482,6 +505,15 @@ class HostedProvider(Provider):
             client = self._clients[loop] = make_client(self.settings)
         return client
 
+    @property
+    def stream_client(self) -> httpx.AsyncClient:
+        """This loop's client for status streams (``make_stream_client``)."""
+        loop = asyncio.get_running_loop()
+        client = self._stream_clients.get(loop)
+        if client is None or client.is_closed:
+            client = self._stream_clients[loop] = make_stream_client(self.settings)
+        return client
+
     def use_client(self, client: httpx.AsyncClient) -> None:
         """Use ``client`` for calls on the running loop (custom transports, proxies, tests)."""
         self._clients[asyncio.get_running_loop()] = client
@@ -492,9 +524,10 @@ class HostedProvider(Provider):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - called outside a loop
             return
-        client = self._clients.pop(loop, None)
-        if client is not None and not client.is_closed:
-            await client.aclose()
+        for clients in (self._clients, self._stream_clients):
+            client = clients.pop(loop, None)
+            if client is not None and not client.is_closed:
+                await client.aclose()
 
     # -- downloads --------------------------------------------------------
     async def open_artifact(self, artifact: Artifact) -> AsyncIterator[bytes]:  # type: ignore[override]
