@@ -9,10 +9,18 @@ queue has drained (or the slot has been held for ``hold_max`` seconds, so other
 processes get their turn). One background acquirer per limit polls the server
 for new slots while anyone waits.
 
-Crashes: every lease id this process holds is written, with a heartbeat, to
-``{state_root}/leases/<host>-<pid>.json``. A later run releases the leases of a
-holder whose heartbeat is stale (or whose pid is dead on this host) at start-up,
-instead of waiting for the server's ~80 s lease repossession.
+Crashes: every lease id this process holds is written, with a heartbeat and the
+item key of the job it covers, to ``{state_root}/leases/<host>-<pid>.json``. A
+later run looks at the leases of a holder whose heartbeat is stale (or whose pid
+is dead on this host) at start-up, instead of waiting for the server's ~80 s
+lease repossession:
+
+* a lease that covered no job, or a job whose handle is gone (done), is released;
+* a lease whose job still has a handle is *not* released: that job may still be
+  running at the provider, and freeing its slot would let the limit be exceeded.
+  The run that re-attaches to the job adopts the lease (renews it and holds it
+  for that job), so it does not wait either; a lease nobody adopts expires on
+  the server within ``LEASE_SECONDS`` of the crash.
 
 ``requests_per_second`` uses a global rate limit (``vidbatch-<provider>-rps``,
 slot decay = rps): tokens are taken from the server in small blocks and spent
@@ -31,7 +39,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from uuid import UUID
 
 from vidbatch import storage
@@ -66,6 +74,8 @@ class LeaseRegistry:
     options: dict[str, Any]
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     leases: dict[str, set[str]] = field(default_factory=dict)
+    #: lease id -> the item key of the job holding it (written before that job is submitted)
+    jobs: dict[str, str] = field(default_factory=dict)
     _dirty: bool = field(default=False, init=False)
 
     @property
@@ -78,6 +88,15 @@ class LeaseRegistry:
 
     def remove(self, limit: str, lease: UUID) -> None:
         self.leases.get(limit, set()).discard(str(lease))
+        self.jobs.pop(str(lease), None)
+        self._dirty = True
+
+    def bind(self, lease: UUID, key: str | None) -> None:
+        """The lease now covers the job of item ``key`` (None: no particular job)."""
+        if key is None:
+            self.jobs.pop(str(lease), None)
+        else:
+            self.jobs[str(lease)] = key
         self._dirty = True
 
     def flush(self, force: bool = False) -> None:
@@ -87,6 +106,7 @@ class LeaseRegistry:
         body = {
             "holder": self.holder, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
             "leases": {k: sorted(v) for k, v in self.leases.items() if v},
+            "jobs": dict(self.jobs),
         }
         storage.write_bytes_atomic(self.url, json.dumps(body).encode(), self.options)
 
@@ -110,16 +130,27 @@ def _dead(doc: dict[str, Any]) -> bool:
     return False
 
 
-async def reclaim_dead_holders(root: str, options: dict[str, Any]) -> int:
-    """Release the leases of crashed processes that used this state root."""
+#: the item keys of a dead holder's jobs still in flight, with their leases: limit -> key -> lease id
+Orphans = dict[str, dict[str, str]]
+
+
+async def reclaim_dead_holders(root: str, options: dict[str, Any],
+                               live: Callable[[str], bool] = lambda key: False) -> Orphans:
+    """Release the idle leases of crashed processes that used this state root.
+
+    ``live(key)``: whether item ``key`` still has a job handle (its job may be in
+    flight). Such leases are kept, not released, and returned for adoption by
+    whoever re-attaches to the job (``GlobalSlots.slot``).
+    """
     from prefect.client.orchestration import get_client
 
     fs, path = storage.fs_for(storage.join(root, "leases"), options)
     try:
         files = await asyncio.to_thread(fs.ls, path, detail=False)
     except (FileNotFoundError, OSError):
-        return 0
+        return {}
     released = 0
+    orphans: Orphans = {}
     async with get_client() as client:
         for f in files:
             url = f if "://" in f or storage.is_local(root) else fs.unstrip_protocol(f)
@@ -130,23 +161,42 @@ async def reclaim_dead_holders(root: str, options: dict[str, Any]) -> int:
                 continue
             if not _dead(doc):
                 continue
-            for ids in (doc.get("leases") or {}).values():
+            jobs = doc.get("jobs") or {}
+            # past one lease period without renewal the server has repossessed them all
+            fresh = time.time() - float(doc.get("heartbeat", 0)) < LEASE_SECONDS
+            kept: dict[str, list[str]] = {}
+            for limit, ids in (doc.get("leases") or {}).items():
                 for lease in ids:
+                    key = jobs.get(lease)
+                    if fresh and key and await asyncio.to_thread(live, key):
+                        orphans.setdefault(limit, {})[key] = lease
+                        kept.setdefault(limit, []).append(lease)
+                        continue
                     with contextlib.suppress(Exception):  # already expired or repossessed: fine
                         await client.release_concurrency_slots_with_lease(UUID(lease))
                         released += 1
-            await asyncio.to_thread(storage.delete, url, options)
+            if kept:
+                # a later run (the one that re-attaches) may still adopt them
+                doc.update(leases=kept, jobs={lease: jobs[lease] for ids in kept.values() for lease in ids})
+                await asyncio.to_thread(storage.write_bytes_atomic, url, json.dumps(doc).encode(), options)
+            else:
+                await asyncio.to_thread(storage.delete, url, options)
     if released:
         log.warning("released %d slot(s) held by crashed vidbatch processes", released)
-    return released
+    if orphans:
+        log.warning("kept %d slot(s) of crashed vidbatch processes whose jobs may still run; "
+                    "they go to the run that re-attaches", sum(len(v) for v in orphans.values()))
+    return orphans
 
 
 class GlobalSlots:
     """Slots of one global concurrency limit, kept and handed out in this process."""
 
     def __init__(self, name: str, registry: LeaseRegistry | None = None, hold_max: float = 60.0,
-                 idle_grace: float = 0.25) -> None:
+                 idle_grace: float = 0.25, orphans: dict[str, str] | None = None) -> None:
         self.name = name
+        #: item key -> lease of a crashed process's job still in flight (adopted on re-attach)
+        self.orphans = dict(orphans or {})
         self.registry = registry
         self.hold_max = hold_max
         self.idle_grace = idle_grace
@@ -232,24 +282,52 @@ class GlobalSlots:
             if self.registry:
                 await asyncio.to_thread(self.registry.flush, True)
 
+    async def _adopt(self, key: str) -> UUID | None:
+        """The crashed holder's lease for ``key``'s job, renewed and now ours; None if it expired."""
+        raw = self.orphans.pop(key, None)
+        if raw is None:
+            return None
+        lease = UUID(raw)
+        client = await self._api()
+        self.api_calls += 1
+        try:
+            await client.renew_concurrency_lease(lease, lease_duration=LEASE_SECONDS)
+        except Exception:  # noqa: BLE001 - expired or repossessed: acquire like anyone
+            return None
+        self._held[lease] = time.monotonic()
+        if self.registry:
+            self.registry.add(self.name, lease)
+        return lease
+
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[UUID, float]] = loop.create_future()
-        self._waiters.append(fut)
-        if self._acquirer is None:
-            self._acquirer = asyncio.ensure_future(self._acquire_loop())
+    async def slot(self, key: str | None = None) -> AsyncIterator[None]:
+        """One slot for the job of item ``key``, bound to it on the lease registry
+        (durably, before the caller submits) so a crash cannot free it early."""
         if self._renewer is None:
             self._renewer = asyncio.ensure_future(self._renew_loop())
+        adopted = await self._adopt(key) if key is not None and key in self.orphans else None
+        if adopted is not None:
+            lease, since = adopted, time.monotonic()
+        else:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[tuple[UUID, float]] = loop.create_future()
+            self._waiters.append(fut)
+            if self._acquirer is None:
+                self._acquirer = asyncio.ensure_future(self._acquire_loop())
+            try:
+                lease, since = await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    await self._hand_back(*fut.result())
+                raise
         try:
-            lease, since = await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                await self._hand_back(*fut.result())
-            raise
-        try:
+            if self.registry:
+                self.registry.bind(lease, key)
+                await asyncio.to_thread(self.registry.flush)
             yield
         finally:
+            if self.registry:
+                self.registry.bind(lease, None)  # flushed with the next change: a stale key is re-checked
             await self._hand_back(lease, since)
 
     async def _hand_back(self, lease: UUID, since: float) -> None:

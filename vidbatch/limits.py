@@ -60,9 +60,9 @@ class ProviderLimiter:
             self._bucket = TokenBucket(self.requests_per_second, burst=max(1.0, self.requests_per_second))
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """One job in flight at the provider: held from submit until it is seen terminal."""
-        async with self._sem, (self.global_slots.slot() if self.global_slots else _nothing()):
+    async def slot(self, key: str | None = None) -> AsyncIterator[None]:
+        """One job in flight at the provider (item ``key``'s): held from submit until it is seen terminal."""
+        async with self._sem, (self.global_slots.slot(key) if self.global_slots else _nothing()):
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:

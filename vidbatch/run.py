@@ -182,12 +182,17 @@ async def start_global_limits(ctx: RunContext, m: Manifest) -> bool:
     if not hosted:
         return False
     await gcl.aensure_limits(m, hosted)
-    await leases.reclaim_dead_holders(ctx.state.root, dict(ctx.state.storage_options))
+    def live(key: str) -> bool:  # the item still has a remote job: its slot must stay held
+        handle = ctx.state.read_handle(key)
+        return bool(handle and handle.get("state") in ("submitted", "submitting"))
+
+    orphans = await leases.reclaim_dead_holders(ctx.state.root, dict(ctx.state.storage_options), live)
     registry = leases.LeaseRegistry(ctx.state.root, dict(ctx.state.storage_options))
     ctx.lease_registry = registry
     for name in hosted:
         lim = ctx.limiters[name]
-        lim.global_slots = leases.GlobalSlots(leases.limit_name(name), registry)
+        limit = leases.limit_name(name)
+        lim.global_slots = leases.GlobalSlots(limit, registry, orphans=orphans.get(limit))
         if lim.requests_per_second:
             lim.global_rate = leases.GlobalRate(leases.rate_name(name), lim.requests_per_second)
     return True
@@ -388,7 +393,7 @@ async def process_item(ctx: RunContext, m: Manifest, item: Item, stages: Stages,
         lap("stage", t0)
         estimate = cost = provider.estimate(item.spec, media).usd
         uploaded = not reattach
-        async with ctx.limiters[provider.name].slot():
+        async with ctx.limiters[provider.name].slot(item.key):
             refusal = None if reattach else budget.commit(provider.name, estimate, provider.paid)
             if refusal:
                 return _row(ctx, m, item, status="skipped", error=refusal, reason="budget", cost_usd=0.0,
