@@ -94,7 +94,8 @@ def make_stream_client(settings: ProviderSettings, *, connect: float = 15.0) -> 
     let them starve submits and downloads (64 connections) at high concurrency.
     """
     timeout = httpx.Timeout(connect=connect, read=STREAM_READ_TIMEOUT, write=settings.timeout, pool=5.0)
-    return _client(timeout, httpx.Limits(max_connections=MAX_STREAMS, max_keepalive_connections=0))
+    # a stream that ended cleanly leaves its connection reusable for the next job's stream
+    return _client(timeout, httpx.Limits(max_connections=MAX_STREAMS, max_keepalive_connections=64, keepalive_expiry=4.0))
 
 
 def _client(timeout: httpx.Timeout, limits: httpx.Limits) -> httpx.AsyncClient:
