@@ -104,6 +104,7 @@ from vidbatch.providers.http import (
     looks_like_quota,
     parse_json,
     parse_retry_after,
+    part_body,
     request,
     resolve_url,
     transport_error,
@@ -550,12 +551,13 @@ class FalProvider(HostedProvider):
             number += 1
 
             async def put(n: int = number, payload: bytes = data_part) -> httpx.Response:
+                body, length = part_body(payload)
                 return await request(
                     self.client,
                     "PUT",
                     f"{access}/multipart/{upload_id}/{n}",
-                    content=payload,
-                    headers={**auth, "Content-Type": ctype, "Accept-Encoding": "identity"},
+                    content=body,
+                    headers={**auth, **length, "Content-Type": ctype, "Accept-Encoding": "identity"},
                     timeout=httpx.Timeout(connect=15.0, read=300.0, write=300.0, pool=60.0),
                     provider=PROVIDER,
                     what=f"upload part {n}",

@@ -105,6 +105,7 @@ from vidbatch.providers.http import (
     looks_like_quota,
     parse_json,
     parse_retry_after,
+    part_body,
     request,
     resolve_url,
     utc_iso_to_epoch,
@@ -414,14 +415,15 @@ class ScenarioProvider(HostedProvider):
             number += 1
             part_url = absolute(self.api_url, part_urls[number])
 
-            async def put(u: str = part_url, body: bytes = payload, n: int = number) -> httpx.Response:
+            async def put(u: str = part_url, data: bytes = payload, n: int = number) -> httpx.Response:
                 # presigned: no Authorization header (it would also leak the key)
+                body, length = part_body(data)
                 return await request(
                     self.client,
                     "PUT",
                     u,
                     content=body,
-                    headers={"Content-Type": ctype},
+                    headers={**length, "Content-Type": ctype},
                     timeout=httpx.Timeout(connect=15.0, read=300.0, write=300.0, pool=60.0),
                     provider=PROVIDER,
                     what=f"upload part {n}",
