@@ -76,6 +76,7 @@ async def process_manifest(
     from vidbatch.storage import acleanup_temp
     await acleanup_temp(inputs.output_root(m), dict(m.storage_options), temp_keys=False)
     ctx = run.new_context(m, None, emulator=emulator, force=force, names=static_provider_names(m))
+    await asyncio.to_thread(ctx.state.sweep_done_handles)  # a kill between record and handle delete
     thumbs = _Thumbnails(m)
     started = time.time()
     try:

@@ -275,3 +275,29 @@ def test_colliding_or_escaping_templates_are_refused_at_validate(s3, tmp_path: P
         load_manifest(_manifest(tmp_path, "s3://vb-out/flat/{parent}/../../{stem}.{ext}"))
     with pytest.raises(ConfigError, match=r"\.\."):
         load_manifest(_manifest(tmp_path, str(tmp_path / "out" / ".." / "{stem}.{ext}")))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_handle_left_after_its_record_is_swept_and_nothing_else(where: str, request: pytest.FixtureRequest,
+                                                                  tmp_path: Path) -> None:
+    """A kill between the record write and the handle delete leaves a handle the next run sweeps."""
+    from vidbatch.state import StateStore
+
+    if where == "s3":
+        request.getfixturevalue("s3")
+        root = "s3://vb-out/sweep/.vidbatch"
+    else:
+        root = str(tmp_path / ".vidbatch")
+    store = StateStore(root, {})
+    job = {"provider": "fal", "request_id": "req-1", "urls": {}, "submitted_at": 1.0, "extra": {}}
+    store.write_handle("aa11", job, 1)  # done: its record names the same job -> swept
+    store.write_record("aa11", {"status": "verified", "request_id": "req-1"})
+    store.write_handle("bb22", {**job, "request_id": "req-2"}, 1)  # a rerun (--force) of a done item: kept
+    store.write_record("bb22", {"status": "verified", "request_id": "req-old"})
+    store.write_intent("cc33", "fal", 1)  # an intent: may have created a job -> kept
+    store.write_record("cc33", {"status": "verified", "request_id": "req-3"})
+    store.write_handle("dd44", {**job, "request_id": "req-4"}, 1)  # in flight, no record: kept
+    assert store.sweep_done_handles() == 1
+    assert store.read_handle("aa11") is None
+    assert all(store.read_handle(k) for k in ("bb22", "cc33", "dd44"))
+    assert store.sweep_done_handles() == 0

@@ -5,7 +5,9 @@ otherwise), shared by every process and worker that runs the manifest::
 
     records/<k2>/<key>.json   written LAST, after verify: its presence means done
     handles/<k2>/<key>.json   the provider's job handle, written before submit
-                              returns (a write-ahead "submitting" intent first)
+                              returns (a write-ahead "submitting" intent first),
+                              deleted after the record (a kill in between is
+                              swept at the next run's start)
     pace.json                 learned job times per provider/operation, so the
                               first jobs of the next run poll economically
 
@@ -88,6 +90,35 @@ class StateStore:
 
     def delete_handle(self, key: str) -> None:
         self._delete(self._url("handles", key))
+
+    def sweep_done_handles(self) -> int:
+        """Delete the handles of jobs whose item is done; returns how many.
+
+        The record is written before the handle is deleted (its presence means
+        done), so a kill between the two leaves a handle that a rerun never
+        looks at again (the item is a cache hit). A handle goes only when the
+        verified record names the same job; intents and other jobs stay. Handles
+        are few (jobs in flight), so this is one listing and a read or two each.
+        """
+        fs, path = storage.fs_for(self.handles_url(), self.storage_options)
+        try:
+            files = fs.find(path)
+        except (FileNotFoundError, OSError):
+            return 0
+        swept = 0
+        for f in files:
+            name = f.rsplit("/", 1)[-1]
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            key = name[: -len(".json")]
+            handle, record = self.read_handle(key), self.read_record(key)
+            if not handle or not record or handle.get("state") != "submitted" or record.get("status") != "verified":
+                continue
+            job = (handle.get("handle") or {}).get("request_id")
+            if job and job == record.get("request_id"):
+                self.delete_handle(key)
+                swept += 1
+        return swept
 
     # -- pace: learned job times, a hint for the next run's poll schedule -------
     def read_pace(self) -> dict[str, Any]:
