@@ -4,6 +4,8 @@ Protocol (``/work/shared/providers/fal.md``)::
 
     POST {queue}/{endpoint}            -> {request_id, status_url, response_url, cancel_url}
     GET  {status_url}?logs=1           -> 202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED
+    GET  {status_url}/stream?logs=0    -> text/event-stream of the same bodies, closed after
+                                          COMPLETED (``watch``: how the poll loop waits)
     GET  {response_url}                -> 200 model output | 4xx/5xx model error (detail)
     PUT  {cancel_url}                  -> 202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED | 404
 
