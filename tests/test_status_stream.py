@@ -2,8 +2,8 @@
 
 fal reports no progress, so a poll schedule for a job of unknown length needs
 dozens of status requests to see its end within 5 % (``vidbatch.polling``).
-``GET {status_url}/stream`` (SSE) pushes the end as it happens: one stream and
-one confirming status request per job. When the stream is refused, dropped or
+``GET {status_url}/stream`` (SSE) pushes the end as it happens: one request per
+job (its COMPLETED body is the final status; the result fetch still decides success). When the stream is refused, dropped or
 turned off (``providers: fal: options: status_stream: false``), the poll loop
 falls back to its schedule and the item still ends verified.
 """
@@ -62,14 +62,14 @@ def _requests(emu: Any, route: str) -> int:
     return int(emu.stats()["requests"].get(route, 0))
 
 
-async def test_fal_jobs_are_followed_on_the_stream_with_two_status_requests_each(tmp_path: Path, fresh: Any) -> None:
+async def test_fal_jobs_are_followed_on_the_stream_with_one_status_request_each(tmp_path: Path, fresh: Any) -> None:
     clips = make_clips(tmp_path / "in", 3, seed0=7100)
     summary = await _run(_manifest(tmp_path, clips), fresh)
     assert [r["status"] for r in summary["rows"]] == ["verified"] * 3, summary["rows"]
     assert _requests(fresh, "fal:status_stream") == 3
-    assert _requests(fresh, "fal:status") == 3  # one confirming poll per job, after the stream's COMPLETED
+    assert _requests(fresh, "fal:status") == 0  # the stream's COMPLETED body is the status
     jobs = fresh.jobs("fal")
-    assert [j["polls"] for j in jobs] == [2, 2, 2]
+    assert [j["polls"] for j in jobs] == [1, 1, 1]
     for row in summary["rows"]:
         # the end is seen as it happens: the poll stage is the job's run plus request time
         assert JOB_SECONDS - 0.2 <= row["timings"]["poll"] < JOB_SECONDS + 0.75, row["timings"]
@@ -99,3 +99,17 @@ async def test_status_stream_false_polls_on_the_schedule(tmp_path: Path, fresh: 
     assert summary["rows"][0]["status"] == "verified", summary["rows"]
     assert _requests(fresh, "fal:status_stream") == 0
     assert _requests(fresh, "fal:status") > 1
+
+
+@pytest.mark.parametrize("fault", ["job_failure", "completed_with_error"])
+async def test_a_failed_job_seen_on_the_stream_fails_with_fals_message(tmp_path: Path, fresh: Any, fault: str) -> None:
+    clips = make_clips(tmp_path / "in", 1, seed0=7400)
+    fresh.set_faults(**{fault: 1.0}, failure_reason="CUDA out of memory on runner 3")
+    summary = await _run(_manifest(tmp_path, clips), fresh)
+    [row] = summary["rows"]
+    assert row["status"] == "failed", row
+    # the result fetch's detail: HTTP 500 for a failed run, 422 for a validation error found late
+    assert row["reason"] == "job-failed" and "CUDA out of memory on runner 3" in row["error"], row
+    assert ("HTTP 500" if fault == "job_failure" else "HTTP 422") in row["error"], row
+    assert _requests(fresh, "fal:status_stream") == 1
+    assert not list((tmp_path / "out").glob("*.webm"))

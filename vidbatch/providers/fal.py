@@ -5,7 +5,8 @@ Protocol (``/work/shared/providers/fal.md``)::
     POST {queue}/{endpoint}            -> {request_id, status_url, response_url, cancel_url}
     GET  {status_url}?logs=1           -> 202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED
     GET  {status_url}/stream?logs=0    -> text/event-stream of the same bodies, closed after
-                                          COMPLETED (``watch``: how the poll loop waits)
+                                          COMPLETED (``watch``: how the poll loop waits; its
+                                          COMPLETED body answers the next ``poll``)
     GET  {response_url}                -> 200 model output | 4xx/5xx model error (detail)
     PUT  {cancel_url}                  -> 202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED | 404
 
@@ -274,6 +275,8 @@ class FalProvider(HostedProvider):
         #: result JSON by request id: fal keeps it 1 h (6 min if >= 10 KB), so the
         #: body fetched by ``poll`` to confirm success is reused by ``results``
         self._results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        #: COMPLETED status bodies from ``watch``, read once by the next ``poll``
+        self._streamed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         key = self._key()
         if key and ":" in key:
             register_secret(key.split(":", 1)[1])
@@ -646,17 +649,20 @@ class FalProvider(HostedProvider):
         return {"status_url": f"{app}/status", "response_url": app, "cancel_url": f"{app}/cancel"}[key]
 
     async def poll(self, handle: JobHandle) -> JobStatus:
-        resp = await request(
-            self.client,
-            "GET",
-            self._url(handle, "status_url"),
-            params={"logs": "1"},
-            headers=self._auth(),
-            provider=PROVIDER,
-            what="status",
-            mapper=_mapper(job=True),
-        )
-        data = json_of(resp, provider=PROVIDER, what="status")
+        # the COMPLETED body the status stream just delivered is the status request's answer
+        data = self._streamed.pop(handle.request_id, None)
+        if data is None:
+            resp = await request(
+                self.client,
+                "GET",
+                self._url(handle, "status_url"),
+                params={"logs": "1"},
+                headers=self._auth(),
+                provider=PROVIDER,
+                what="status",
+                mapper=_mapper(job=True),
+            )
+            data = json_of(resp, provider=PROVIDER, what="status")
         pending = _pending_status(data)
         if pending is not None:
             return pending
@@ -689,8 +695,9 @@ class FalProvider(HostedProvider):
         spends dozens of requests to see its end within 5 % (``vidbatch.polling``);
         the stream sees it the moment it happens, for one request. Anything
         unexpected (refused, not an event stream, closed at once) returns False
-        and the caller polls instead: the stream is an optimisation, never the
-        source of truth (the caller polls once for the final status).
+        and the caller polls instead. The stream's COMPLETED body answers the
+        caller's next ``poll`` (no second status request); success is still
+        decided by the result fetch, as for a polled COMPLETED.
         """
         if not self.settings.options.get("status_stream", True):
             return False
@@ -711,6 +718,9 @@ class FalProvider(HostedProvider):
                         if not isinstance(data, dict):
                             continue
                         if data.get("status") == "COMPLETED":
+                            self._streamed[handle.request_id] = data
+                            while len(self._streamed) > 256:
+                                self._streamed.popitem(last=False)
                             return True
                         pending = _pending_status(data)
                         if pending is not None and on_status is not None:
