@@ -102,7 +102,9 @@ async def process_manifest(
 
         try:
             rows = await run.drive(items, run.worker_count(ctx), one, on_row)
-        except BaseException:  # Ctrl-C, Prefect cancellation, a crash of the driver
+        except BaseException as exc:  # Ctrl-C, Prefect cancellation, a crash of the driver
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                run.INTERRUPTED.set()
             await run.cancel_in_flight(ctx)
             raise
     except BaseException:
@@ -110,6 +112,9 @@ async def process_manifest(
         raise
     finally:
         await run.close_context(ctx)
+        if run.INTERRUPTED.is_set():
+            for on_interrupt in run.INTERRUPT_HOOKS:
+                on_interrupt()
     summary = summarize(rows)
     summary["seconds"] = round(time.time() - started, 2)
     summary["report"] = report_url(m)

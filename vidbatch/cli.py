@@ -35,29 +35,58 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _interrupted() -> None:
+    err.show_cursor(True)  # a live progress bar hid it
+    err.print("[bold red]error:[/] interrupted; in-flight jobs were cancelled where the provider can cancel, "
+              "the others keep their handles: rerun to re-attach", highlight=False, soft_wrap=True)
+    # the flow has already cancelled or kept every job and written its state; skip the
+    # interpreter's exit hooks: Prefect's event worker would wait forever to drain into
+    # the ephemeral server that the same Ctrl-C just stopped
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _exit_if_ephemeral() -> None:
+    """An interrupted run's jobs are cancelled or kept and its state written: exit now.
+
+    In ephemeral mode the same Ctrl-C stopped Prefect's API server, and Prefect's
+    crash handling would wait on it (its event worker retries every few seconds,
+    for minutes). Against a real server Prefect records the Crashed state first.
+    """
+    from vidbatch.leases import server_mode
+
+    if not server_mode():
+        _interrupted()
+
+
+def _was_interrupted() -> bool:
+    """Whether a run in this process saw a Ctrl-C or a cancellation (``run.INTERRUPTED``)."""
+    run = sys.modules.get("vidbatch.run")  # never imported: no run, no interruption
+    return bool(run is not None and run.INTERRUPTED.is_set())
+
+
 def guarded(fn: Callable[[], int | None]) -> None:
     """Run a command body, turning every error into one line and an exit code."""
     try:
         code = fn()
     except typer.Exit:
         raise
-    except ConfigError as exc:
-        fail(str(exc), 2)
-    except VidbatchError as exc:
-        fail(str(exc), 1)
     except KeyboardInterrupt:
-        err.print("[bold red]error:[/] interrupted; in-flight jobs were cancelled where the provider can cancel, "
-                  "the others keep their handles: rerun to re-attach", highlight=False, soft_wrap=True)
-        # the flow has already cancelled or kept every job and written its state; skip the
-        # interpreter's exit hooks: Prefect's event worker would wait forever to drain into
-        # the ephemeral server that the same Ctrl-C just stopped
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-        if DEBUG["on"]:
+        _interrupted()
+    except BaseException as exc:
+        if _was_interrupted():
+            _interrupted()  # Prefect may turn the Ctrl-C into its own exception on the way out
+        if isinstance(exc, ConfigError):
+            fail(str(exc), 2)
+        if isinstance(exc, VidbatchError):
+            fail(str(exc), 1)
+        if not isinstance(exc, Exception) or DEBUG["on"]:
             raise
+        # the last line of defence against tracebacks
         fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 3)
+    if _was_interrupted():
+        _interrupted()
     raise typer.Exit(code or 0)
 
 
@@ -193,6 +222,7 @@ def run_cmd(
 
         progress, hook = _progress_hook(len(items))
         batch.ROW_HOOKS.append(hook)
+        batch.run.INTERRUPT_HOOKS.append(_exit_if_ephemeral)
         t0 = time.time()
         with progress:
             summary = asyncio.run(batch.process_manifest(manifest=manifest, emulator=emulator, report=report, force=force))
@@ -245,6 +275,9 @@ def compare(
     def body() -> int:
         prefect_env.apply(quiet=not verbose)
         from vidbatch.compare import SHOWN, compare as run_compare
+        from vidbatch.run import INTERRUPT_HOOKS
+
+        INTERRUPT_HOOKS.append(_exit_if_ephemeral)
 
         result = asyncio.run(run_compare(manifests, emulator=emulator, force=force))
         table = Table(title="compare")

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ log = logging.getLogger("vidbatch")
 CONTEXTS: dict[str, RunContext] = {}
 #: their manifests (the item task takes ids only: Prefect walks every task parameter)
 MANIFESTS: dict[str, Manifest] = {}
+#: set when a run of this process was interrupted (Ctrl-C, cancellation): whatever
+#: exception the orchestration turns that into on the way out, the CLI exits 130
+INTERRUPTED = threading.Event()
+#: called by the flow once an interrupted run has cancelled or kept its jobs and
+#: closed its context (the CLI exits there: see ``cli._exit_if_ephemeral``)
+INTERRUPT_HOOKS: list[Callable[[], None]] = []
 DEFAULT_HOSTED_CONCURRENCY = 4
 EMULATOR_CREDENTIALS = {
     "FAL_KEY": "emulator-key:emulator-secret",
