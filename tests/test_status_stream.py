@@ -72,7 +72,8 @@ async def test_fal_jobs_are_followed_on_the_stream_with_one_status_request_each(
     assert [j["polls"] for j in jobs] == [1, 1, 1]
     for row in summary["rows"]:
         # the end is seen as it happens: the poll stage is the job's run plus request time
-        assert JOB_SECONDS - 0.2 <= row["timings"]["poll"] < JOB_SECONDS + 0.75, row["timings"]
+        # (a loose bound: CI machines are loaded; polling blind would need ~10 requests for it)
+        assert JOB_SECONDS - 0.2 <= row["timings"]["poll"] < JOB_SECONDS + 1.5, row["timings"]
 
 
 @pytest.mark.parametrize("fault", [
@@ -88,8 +89,8 @@ async def test_a_stream_that_does_not_work_falls_back_to_polling(tmp_path: Path,
     assert [r["status"] for r in summary["rows"]] == ["verified"] * 2, summary["rows"]
     assert _requests(fresh, "fal:status_stream") == 2  # tried once per job, then left alone
     assert _requests(fresh, "fal:status") > 2  # the poll schedule took over
-    for row in summary["rows"]:
-        assert row["timings"]["poll"] < JOB_SECONDS * 1.05 + 1.0, row["timings"]
+    for row in summary["rows"]:  # detected on the schedule's terms (5 % + 1 s), with room for a loaded machine
+        assert row["timings"]["poll"] < JOB_SECONDS * 1.05 + 2.0, row["timings"]
 
 
 async def test_status_stream_false_polls_on_the_schedule(tmp_path: Path, fresh: Any) -> None:
