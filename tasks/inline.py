@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from prefect import Task
 
-from vidbatch.tasks.policies import MAX_HINT_SECONDS, retry_if_transient, should_retry
+from vidbatch.tasks.policies import honour_hint, retry_if_transient, should_retry
 
 
 def _delay(task: Task[Any, Any], retry: int) -> float:
@@ -53,9 +53,7 @@ def inline(task: Task[Any, Any]) -> Callable[..., Awaitable[Any]]:
                 if condition is retry_if_transient:
                     if not should_retry(exc):
                         raise
-                    hint = getattr(exc, "retry_after", None)
-                    if hint:
-                        await asyncio.sleep(min(float(hint), MAX_HINT_SECONDS))
+                    await honour_hint(exc)
                 elif condition is not None:
                     raise  # a Prefect-state predicate we cannot evaluate here: no blind retry
                 await asyncio.sleep(_delay(task, attempt))

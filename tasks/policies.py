@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from vidbatch.errors import MAX_RETRY_HINT_SECONDS, SubmitUncertainError, is_transient
+from vidbatch.errors import SubmitUncertainError, is_transient
 
 
 def should_retry(exc: BaseException) -> bool:
@@ -25,22 +25,21 @@ async def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """
     try:
         await state.aresult()
-    except SubmitUncertainError:
-        return False  # the job may exist: the submit stage decides, never a blind retry
     except Exception as exc:  # noqa: BLE001 - classification is the point
-        if not is_transient(exc):
+        if not should_retry(exc):
             return False
-        # honour the provider's Retry-After / remainingSeconds: the backoff below
-        # comes on top (Prefect calls this only when a retry is left)
-        hint = getattr(exc, "retry_after", None)
-        if hint:
-            await asyncio.sleep(min(float(hint), MAX_HINT_SECONDS))
+        await honour_hint(exc)
         return True
     return False
 
 
-#: longest Retry-After hint honoured before a task retry (a hostile value must not park a worker)
-MAX_HINT_SECONDS = MAX_RETRY_HINT_SECONDS
+async def honour_hint(exc: BaseException) -> None:
+    """Wait out the provider's Retry-After / remainingSeconds (clamped where it was parsed);
+    the stage's backoff comes on top."""
+    hint = getattr(exc, "retry_after", None)
+    if hint:
+        await asyncio.sleep(float(hint))
+
 
 #: transient failures of a stage: 4 retries, 1 s, 2 s, 4 s, 8 s, with jitter
 TRANSIENT_RETRIES: dict[str, Any] = {

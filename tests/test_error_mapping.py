@@ -27,7 +27,7 @@ from vidbatch.errors import (
 )
 from vidbatch.providers import fal, removebgvideo, scenario
 from vidbatch.providers.base import ArtifactExpiredError, ProviderSettings
-from vidbatch.providers.http import parse_retry_after, request, stream_download
+from vidbatch.providers.http import MAX_RETRY_AFTER, parse_retry_after, request, stream_download
 from vidbatch.spec import JobHandle, JobState
 
 REQ = httpx.Request("GET", "https://api.example.invalid/x")
@@ -140,7 +140,7 @@ def test_scenario_details() -> None:
     assert "t-1" in str(err) and "operatingResolution" in str(err)
     # a huge hint is capped: a worker never sleeps a day on one 429
     err = scenario.map_error(resp(429, {"remainingSeconds": 10**9}), "poll")
-    assert err.retry_after == 600
+    assert err.retry_after == MAX_RETRY_AFTER
 
 
 # --------------------------------------------------------------------------- removebgvideo
@@ -196,7 +196,7 @@ def test_parse_retry_after() -> None:
     assert 25 <= (parse_retry_after({"retry-after": date}) or 0) <= 31
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
-    assert parse_retry_after({"retry-after": "99999"}) == 600
+    assert parse_retry_after({"retry-after": "99999"}) == MAX_RETRY_AFTER
     assert parse_retry_after({"retry-after": "-3"}) == 0
 
 

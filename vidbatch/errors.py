@@ -99,11 +99,6 @@ class TransientError(ProviderError):
         super().__init__(message, provider=provider, status=status)
 
 
-#: longest Retry-After / remainingSeconds hint honoured: a hostile or garbled
-#: value must not park a worker for hours
-MAX_RETRY_HINT_SECONDS = 120.0
-
-
 class RateLimitedError(TransientError):
     """The provider asked us to slow down (429)."""
 

@@ -22,7 +22,6 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from vidbatch import storage
 from vidbatch.errors import (
-    MAX_RETRY_HINT_SECONDS,
     InputError,
     JobGoneError,
     PermanentError,
@@ -37,7 +36,8 @@ from vidbatch.errors import (
 from vidbatch.limits import ProviderLimiter
 from vidbatch.polling import Pace, PollSchedule
 from vidbatch.providers.base import Provider
-from vidbatch.spec import Artifact, Item, JobHandle, JobSpec, JobState, JobStatus, MediaInfo, StagedInput
+from vidbatch.providers.http import retry_delay, with_retries
+from vidbatch.spec import Artifact, Item, JobHandle, JobState, JobStatus, MediaInfo, StagedInput
 from vidbatch.state import StateStore
 
 log = logging.getLogger("vidbatch")
@@ -223,7 +223,10 @@ async def submit(ctx: RunContext, item: Item, staged: StagedInput, *, attempt: i
     hint = provider.submit_hint(item.spec, staged) if provider.can_recheck_submit else {}
     ctx.state.write_intent(item.key, provider.name, attempt, note, hint=hint)
     try:
-        handle = await _send_submit(ctx, provider, item.spec, staged)
+        # a 429 is the provider refusing the request: no job exists, so it is re-sent
+        # right here (at a 10 % rate-limit rate it would spend the stage's retries)
+        handle = await _api_call(ctx, provider, lambda: provider.submit(item.spec, staged), attempts=4,
+                                 retry_on=RateLimitedError)
     except SubmitUncertainError as exc:
         if not provider.paid:
             ctx.state.delete_handle(item.key)
@@ -251,26 +254,6 @@ async def submit(ctx: RunContext, item: Item, staged: StagedInput, *, attempt: i
     return handle
 
 
-async def _send_submit(ctx: RunContext, provider: Provider, spec: JobSpec, staged: StagedInput,
-                       attempts: int = 4) -> JobHandle:
-    """The submit request, sent again in place only after a 429.
-
-    A 429 is the provider refusing the request, so no job exists and re-sending
-    cannot bill twice; at a 10 % rate-limit rate this keeps submits from
-    spending the stage's retries. Every other error goes to the caller.
-    """
-    for tries in range(attempts):
-        async with ctx.limiters[provider.name].request():
-            try:
-                return await provider.submit(spec, staged)
-            except RateLimitedError as exc:
-                if tries == attempts - 1:
-                    raise
-                wait = retry_wait(exc, tries)
-        await asyncio.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 async def _recheck(ctx: RunContext, provider: Provider, item: Item, staged: StagedInput, since: float,
                    hint: Mapping[str, Any] | None) -> JobHandle | None:
     """The job an uncertain submit created, or None when the provider lists none.
@@ -278,15 +261,9 @@ async def _recheck(ctx: RunContext, provider: Provider, item: Item, staged: Stag
     A listing that keeps failing raises ``TransientError`` (the intent stays; a
     retry or a rerun checks again): "could not check" is never "not found".
     """
-    for tries in range(3):
-        try:
-            async with ctx.limiters[provider.name].request():
-                return await provider.recheck_submit(item.spec, staged, since, hint=hint)
-        except TransientError as exc:
-            if tries == 2:
-                raise
-            await asyncio.sleep(retry_wait(exc, tries))
-    return None  # pragma: no cover
+    found: JobHandle | None = await _api_call(
+        ctx, provider, lambda: provider.recheck_submit(item.spec, staged, since, hint=hint), attempts=3)
+    return found
 
 
 # -- poll ----------------------------------------------------------------------
@@ -334,7 +311,7 @@ async def poll(ctx: RunContext, item: Item, handle: JobHandle, media: MediaInfo 
             errors += 1
             if errors > 12:
                 raise
-            await asyncio.sleep(retry_wait(exc, errors))
+            await asyncio.sleep(retry_delay(exc, errors))
             continue
         now = time.time() - start
         if status.state.terminal:
@@ -362,29 +339,21 @@ async def _stream_to(provider: Provider, art: Artifact, url: str, options: Mappi
         raise ResultError(f"{provider.name} returned an empty {art.kind} file", provider=provider.name) from None
 
 
-def retry_wait(exc: TransientError, tries: int) -> float:
-    """Seconds before re-sending: the provider's hint (capped), else backoff from 0.5 s."""
-    if exc.retry_after:
-        return min(float(exc.retry_after), MAX_RETRY_HINT_SECONDS)
-    return min(30.0, 0.5 * 2**tries)
+async def _api_call(ctx: RunContext, provider: Provider, call: Callable[[], Awaitable[Any]], attempts: int = 8,
+                    retry_on: type[TransientError] = TransientError) -> Any:
+    """One provider request that is safe to repeat, paced by ``requests_per_second``
+    and retried where it fails (``providers.http.with_retries``).
 
-
-async def _api_call(ctx: RunContext, provider: Provider, call: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
-    """One provider request that is safe to repeat, retried here on transient errors.
-
-    That is every GET and the stage's upload (which creates no job). A download
-    is several requests (result, file, refresh); retrying each one where it
-    fails keeps a 10 % rate-limit rate from failing whole stages.
+    That is every GET, the stage's upload (it creates no job) and a submit the
+    provider refused (``retry_on=RateLimitedError``). A download is several
+    requests (result, file, refresh); retrying each one where it fails keeps a
+    10 % rate-limit rate from failing whole stages.
     """
-    for attempt in range(attempts):
-        try:
-            async with ctx.limiters[provider.name].request():
-                return await call()
-        except TransientError as exc:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(retry_wait(exc, attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+    async def paced() -> Any:
+        async with ctx.limiters[provider.name].request():
+            return await call()
+
+    return await with_retries(paced, attempts=attempts, cap=30.0, retry_on=retry_on)
 
 
 async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
@@ -410,7 +379,7 @@ async def download(ctx: RunContext, item: Item, handle: JobHandle) -> list[str]:
                 if isinstance(exc, (JobGoneError,)) or attempt == 3:
                     raise
                 if isinstance(exc, TransientError):
-                    await asyncio.sleep(retry_wait(exc, attempt))
+                    await asyncio.sleep(retry_delay(exc, attempt))
                 # an expired or broken URL: ask the provider for a fresh one
                 stale = art
                 art = await _api_call(ctx, provider, lambda: provider.refresh_artifact(handle, stale))

@@ -49,9 +49,10 @@ from vidbatch.spec import Artifact, JobHandle
 
 #: download chunk size: at least 1 MiB per read, bounded memory
 DOWNLOAD_CHUNK = 1 << 20
-#: upper bound on a Retry-After / remainingSeconds hint we pass on (a hostile or
-#: buggy value must not park a worker for a day)
-MAX_RETRY_AFTER = 600.0
+#: the longest Retry-After / remainingSeconds hint honoured (a hostile or buggy
+#: value must not park a worker); hints are clamped where they are parsed, so
+#: nothing downstream caps them again
+MAX_RETRY_AFTER = 120.0
 #: statuses that mean "retry the same request later"
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -306,27 +307,38 @@ def json_of(resp: httpx.Response, *, provider: str, what: str, uncertain: bool =
     return data
 
 
+def retry_delay(exc: TransientError, attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Seconds to wait before re-sending after failure ``attempt`` (0-based).
+
+    The provider's hint when it gave one (never shortened: jitter only adds),
+    else exponential backoff from ``base``, capped at ``cap``, with jitter.
+    """
+    if exc.retry_after is not None:
+        return exc.retry_after * random.uniform(1.0, 1.25)
+    return min(cap, base * 2**attempt) * random.uniform(0.75, 1.25)
+
+
 async def with_retries(
     fn: Callable[[], Any],
     *,
     attempts: int,
     base: float = 0.5,
     cap: float = 8.0,
+    retry_on: type[TransientError] = TransientError,
 ) -> Any:
-    """Run ``fn`` (an idempotent coroutine factory) up to ``attempts`` times on TransientError.
+    """Run ``fn`` (a coroutine factory safe to repeat) up to ``attempts`` times on ``retry_on``.
 
-    Only used inside one logical operation whose restart would be expensive (the
-    parts of a multipart upload); every other call surfaces its first error to
-    the task layer, which owns retries.
+    For requests retried where they fail rather than by the stage's task retry:
+    upload parts, uploads, GETs, and a submit the provider refused with a 429
+    (``pipeline._api_call``). An uncertain submit is never retried here.
     """
-    for attempt in range(1, attempts + 1):
+    for attempt in range(attempts):
         try:
             return await fn()
-        except TransientError as exc:
-            if attempt >= attempts or isinstance(exc, SubmitUncertainError):
+        except retry_on as exc:
+            if attempt == attempts - 1 or isinstance(exc, SubmitUncertainError):
                 raise
-            delay = exc.retry_after if exc.retry_after is not None else min(cap, base * 2 ** (attempt - 1))
-            await asyncio.sleep(min(delay, cap) * random.uniform(0.75, 1.25))
+            await asyncio.sleep(retry_delay(exc, attempt, base=base, cap=cap))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
