@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import posixpath
@@ -363,19 +364,6 @@ def _iter_jsonl(path: str) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def _upload(local: str, url: str, opts: Mapping[str, Any]) -> None:
-    """Stream a local file to ``url`` through a temp key (bounded memory, atomic)."""
-    tmp = storage.tmp_url_for(url)
-    fs, path = storage.fs_for(tmp, opts)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with open(local, "rb") as src, fs.open(path, "wb") as dst:
-        while block := src.read(storage.CHUNK):
-            dst.write(block)
-    storage.promote(tmp, url, opts)
-
-
 def _missing_rows(shard: Shard, have: set[str], why: str) -> Iterator[dict[str, Any]]:
     """Rows for items of a shard that has no report row: failed, with the shard's fate as reason."""
     try:
@@ -417,14 +405,15 @@ def merge_reports(m: Manifest, plan: ShardPlan, outcomes: Mapping[int, ShardOutc
         summary: dict[str, Any] = {**counts, "cost_usd": round(cost, 4)}
         base = handoff.report_base(m)
         summary["report"] = base + ".jsonl"
-        _upload(tmp, summary["report"], opts)
+        # one multipart upload straight to the final key (bounded memory, atomic)
+        storage.copy_atomic(tmp, summary["report"], opts, src_options={})
         summary["report_parquet"] = base + ".parquet"
         handoff.write_parquet(summary["report_parquet"], _iter_jsonl(tmp), m.name, opts)
         summary["report_html"] = base + ".html"
         handoff.write_html(summary["report_html"], m.name, _iter_jsonl(tmp), summary, opts)
         table = [{k: r.get(k) for k in ("input", "status", "cached", "provider", "operation", "model", "error", "cost_usd")}
                  for _, r in zip(range(1000), _iter_jsonl(tmp))]
-        failed = [r for r in _iter_jsonl(tmp) if r.get("status") == "failed"][:50]
+        failed = list(itertools.islice((r for r in _iter_jsonl(tmp) if r.get("status") == "failed"), 50))
     finally:
         os.unlink(tmp)
     for shard in plan.shards:  # their rows now live in the merged report

@@ -14,9 +14,6 @@ The values are the ones a run uses (``run.make_limiters``: the manifest's, else
 the defaults), computed the same way as ``run.start_global_limits``, so the
 backfill creating them first and each shard upserting them again never disagree.
 ``local`` gets none here: the embedded engine is bounded by each machine's CPUs.
-
-``reset_limits`` sets ``active_slots`` to 0: an ephemeral API never repossesses
-the slots of a crashed holder (§3).
 """
 
 from __future__ import annotations
@@ -114,24 +111,6 @@ async def aensure_limits(m: Manifest, providers: Iterable[str] = ()) -> dict[str
 def ensure_limits(m: Manifest, providers: Iterable[str] = ()) -> dict[str, str]:
     """``aensure_limits`` for synchronous callers (not from inside a running event loop)."""
     return asyncio.run(aensure_limits(m, providers))
-
-
-async def areset_limits(names: Iterable[str]) -> None:
-    """Set ``active_slots`` to 0 for these limits (missing ones are skipped)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
-
-    async with get_client() as client:
-        for name in names:
-            try:
-                await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
-            except ObjectNotFound:
-                continue
-
-
-def reset_limits(names: Iterable[str]) -> None:
-    asyncio.run(areset_limits(list(names)))
 
 
 async def read_limits(prefix: str = PREFIX) -> Mapping[str, dict[str, float]]:

@@ -222,17 +222,6 @@ def write_parquet(url: str, rows: Iterable[ReportRow | Mapping[str, Any]], manif
     storage.write_bytes_atomic(url, to_parquet(rows, manifest), storage_options)
 
 
-def read_parquet(url: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    data = storage.read_bytes(url, storage_options)
-    if data is None:
-        raise FileNotFoundError(url)
-    import pyarrow as pa
-
-    return pq.read_table(pa.BufferReader(data))
-
-
 # --------------------------------------------------------------------------- thumbnails
 
 
