@@ -234,6 +234,20 @@ async def test_a_rate_limited_upload_is_retried_in_place_and_never_fails_the_ite
     assert fresh.stats()["submissions"]["removebgvideo"] == 1
 
 
+@pytest.mark.parametrize("provider", ["removebgvideo", "fal"])
+async def test_a_429_on_submit_is_resent_in_place_not_by_the_stage(tmp_path: Path, fresh: Any, provider: str) -> None:
+    """Six 429s on one submit: more than the stage's 5 attempts, so only the in-place re-send
+    (a refused request created no job) gets the item through, with exactly one job."""
+    clips = make_clips(tmp_path / "in", 1, seed0=6700)
+    manifest = _manifest(tmp_path, provider, clips, name=f"s429{provider}")
+    fresh.set_faults(rules=[{"fault": "rate_limit", "routes": [f"{provider}:submit"], "times": 6}], retry_after=0)
+    summary = await _run(manifest, fresh)
+    [row] = summary["rows"]
+    assert row["status"] == "verified", row
+    assert _requests(fresh, f"{provider}:submit") == 7
+    assert fresh.stats()["submissions"][provider] == 1
+
+
 # ------------------------------------------------------------------ budget
 @pytest.mark.parametrize("scope", ["max_usd", "providers"])
 async def test_budget_stops_submission_and_skips_the_rest(tmp_path: Path, fresh: Any, scope: str) -> None:
