@@ -151,3 +151,54 @@ def test_two_processes_share_one_global_limit_and_a_crash_does_not_strand_slots(
     assert _active_slots(prefect_server, "vidbatch-removebgvideo") == 0
     assert StateDir(state).count("handles") == 0
     print("limits:", timings)
+
+
+async def test_a_dead_holders_idle_leases_are_released_and_live_jobs_leases_adopted(
+        tmp_path: Path, prefect_server: str) -> None:
+    """``leases.reclaim_dead_holders`` on a real server: of a crashed holder's three leases, the
+    idle one and the finished job's are released; the running job's is kept, and the run that
+    re-attaches to that job adopts it (renews it) instead of acquiring a new slot."""
+    import json
+    import socket
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from vidbatch import leases
+
+    name = "vidbatch-reclaimtest"
+    httpx.post(f"{prefect_server}/v2/concurrency_limits/", json={"name": name, "limit": 5}, timeout=10).raise_for_status()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs on this host
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        async with get_client() as client:
+            ids = []
+            for _ in range(3):
+                resp = await client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=1, mode="concurrency", lease_duration=leases.LEASE_SECONDS)
+                ids.append(resp.json()["lease_id"])
+        assert _active_slots(prefect_server, name) == 3
+        running, done, idle = ids
+        doc = {"holder": "x", "host": socket.gethostname(), "pid": dead.pid, "heartbeat": time.time(),
+               "leases": {name: ids}, "jobs": {running: "k-running", done: "k-done"}}
+        (tmp_path / "leases").mkdir()
+        (tmp_path / "leases" / "x.json").write_text(json.dumps(doc))
+
+        orphans = await leases.reclaim_dead_holders(str(tmp_path), {}, live=lambda key: key == "k-running")
+        assert orphans == {name: {"k-running": running}}
+        assert _active_slots(prefect_server, name) == 1  # only the running job's slot is still held
+        kept = json.loads((tmp_path / "leases" / "x.json").read_text())  # for whoever re-attaches
+        assert kept["leases"] == {name: [running]} and kept["jobs"] == {running: "k-running"}
+
+        registry = leases.LeaseRegistry(str(tmp_path), {})
+        slots = leases.GlobalSlots(name, registry, orphans=orphans[name])
+        try:
+            async with slots.slot("k-running"):
+                assert _active_slots(prefect_server, name) == 1  # adopted, not acquired anew
+                assert registry.jobs == {running: "k-running"}
+                assert set(slots._held) == {UUID(running)}
+        finally:
+            await slots.close()
+            registry.close()
+        assert _active_slots(prefect_server, name) == 0
