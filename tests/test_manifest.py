@@ -132,7 +132,7 @@ def test_unknown_metric_in_verify_rules(tmp_path: Path, clip: str) -> None:
                                      + "verify:\n  alpha_flicker: {max: 0.01}\n  edge_flikker: {max: 0.1}\n")
     result = runner.invoke(app, ["validate", str(tmp_path / "m.yaml")])
     assert result.exit_code == 2
-    assert "unknown metric 'edge_flikker'" in result.output and "did you mean 'edge_flicker'" in result.output
+    assert "unknown check or metric 'edge_flikker'" in result.output and "did you mean 'edge_flicker'" in result.output
     assert "m.yaml:8:" in result.output
 
 

@@ -31,6 +31,8 @@ contain secrets (see ``vidbatch.redact``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class VidbatchError(Exception):
     """Base class. ``str(err)`` is a complete one-line message for the user."""
@@ -133,7 +135,15 @@ class ResultError(ProviderError):
 
 
 class VerifyError(VidbatchError):
-    """An output failed a verification check."""
+    """An output failed a verification check.
+
+    ``facts``: everything measured before the check failed (the report's
+    ``verify`` column), so a quarantined result says why it was held back.
+    """
+
+    def __init__(self, message: str, *, facts: dict[str, Any] | None = None) -> None:
+        self.facts: dict[str, Any] = dict(facts or {})
+        super().__init__(message)
 
 
 def is_transient(exc: BaseException) -> bool:

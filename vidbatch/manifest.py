@@ -33,7 +33,7 @@ ONLY_FOR = {"background": "remove-background", "mask": "remove-background", "fac
 Format = Literal["webm", "mov", "mp4", "gif", "webp", "png_sequence"]
 Operation = Literal["remove-background", "upscale"]
 Target = Literal["720p", "1080p", "1440p", "2160p"]
-OnFail = Literal["warn", "fail"]
+OnFail = Literal["warn", "fail", "off"]
 
 
 class _Strict(BaseModel):
@@ -41,10 +41,13 @@ class _Strict(BaseModel):
 
 
 class Threshold(_Strict):
-    """``<metric>: {max: X}`` or ``{min: X}`` with ``on_fail: warn | fail``."""
+    """A ``verify:`` rule: ``<metric>: {max: X}`` or ``{min: X}``, or ``<check>: {tolerance: N}``
+    (``size: {multiple: 16}``), each with ``on_fail: warn | fail | off`` (see ``vidbatch.verify``)."""
 
     max: float | None = None
     min: float | None = None
+    tolerance: float | None = None
+    multiple: int | None = None
     on_fail: OnFail = "fail"
 
 
@@ -97,6 +100,13 @@ class Budget(_Strict):
     providers: dict[str, float] = Field(default_factory=dict)
 
 
+class Canary(_Strict):
+    """``canary: {items: N}``: N items of each settings group must come back verified
+    before the group's other items are submitted (``vidbatch.canary``)."""
+
+    items: int = Field(default=1, ge=1, le=1000)
+
+
 class ProviderConfig(_Strict):
     """Per-provider settings: base URL override, credentials from a Prefect Secret block."""
 
@@ -104,6 +114,7 @@ class ProviderConfig(_Strict):
     secret_block: str | None = None
     queue_wait_seconds: float | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
+    canary: bool | Canary | None = None
 
 
 class Manifest(_Strict):
@@ -118,12 +129,31 @@ class Manifest(_Strict):
     budget: Budget | None = None
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     verify: dict[str, Threshold] = Field(default_factory=dict)
+    canary: bool | Canary | None = None
     videos: list[Union[str, VideoEntry, ListEntry]] = Field(min_length=1)
     compare: list[Settings] | None = None
 
     # where the manifest came from (not part of the schema)
     source: str = Field(default="", exclude=True)
     positions: Any = Field(default=None, exclude=True)
+
+    def canary_items(self, provider: str, paid: bool) -> int:
+        """How many canaries a settings group of ``provider`` needs (0: none).
+
+        ``providers.<p>.canary`` wins over the top-level ``canary:``; without
+        either, paid providers get one and free ones (the local engine) none.
+        """
+        cfg = self.providers.get(provider)
+        for setting in (cfg.canary if cfg else None, self.canary):
+            if setting is None:
+                continue
+            if isinstance(setting, Canary):
+                return setting.items
+            if not setting:
+                return 0
+            top = self.canary if isinstance(self.canary, Canary) else None
+            return top.items if top else 1
+        return 1 if paid else 0
 
     def locate(self, path: Path) -> tuple[int, int]:
         return self.positions.locate(path) if self.positions else (0, 0)
@@ -238,7 +268,7 @@ def parse_manifest(data: Any, pos: Positions, source: str = "") -> Manifest:
 
 
 def _check_rules(m: Manifest, rules: Mapping[str, Any] | None, path: Path) -> None:
-    from vidbatch.metrics import validate_rules
+    from vidbatch.verify import validate_rules
 
     for name, rule in (rules or {}).items():
         try:

@@ -146,6 +146,8 @@ class Reader:
         # header facts, filled in by the opener for the kind of file
         self.width = self.height = self.header_frames = 0
         self.rate = DEFAULT_RATE
+        #: the stream's nominal (constant) rate, where the container states one apart from the average
+        self.nominal_rate: Fraction | None = None
         self.duration: float | None = None
         self.codec = self.pix_fmt = self.container = ""
         self.has_alpha = False
@@ -189,6 +191,8 @@ class Reader:
             self.container = ext if ext in names else names[0].removesuffix("_pipe")
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         self.rate = Fraction(rate) if rate and 0 < rate < 1000 else DEFAULT_RATE
+        nominal = vs.guessed_rate or vs.base_rate
+        self.nominal_rate = Fraction(nominal) if nominal and 0 < nominal < 1000 else None
         self.header_frames = int(vs.frames or 0)
         self.duration = _stream_duration(vs, c)
         if self.codec == "gif" and self.header_frames and self.duration:
@@ -404,6 +408,7 @@ def probe(path: str) -> MediaInfo:
             has_alpha=has_alpha,
             has_audio=rd.has_audio,
             size=rd.size,
+            nominal_fps=round(float(rd.nominal_rate), 6) if rd.nominal_rate and rd.codec != "gif" else 0.0,
         )
 
 

@@ -140,8 +140,11 @@ def validate_rules(rules: Mapping[str, Any]) -> None:
             raise ValueError(f"unknown metric {name!r} in verify rules{hint}")
         if _get(rule, "max") is None and _get(rule, "min") is None:
             raise ValueError(f"verify rule for {name!r} needs 'max' or 'min'")
-        if (_get(rule, "on_fail") or "fail") not in ("warn", "fail"):
-            raise ValueError(f"verify rule for {name!r}: on_fail must be 'warn' or 'fail'")
+        if (_get(rule, "on_fail") or "fail") not in ("warn", "fail", "off"):
+            raise ValueError(f"verify rule for {name!r}: on_fail must be 'warn', 'fail' or 'off'")
+        for extra in ("tolerance", "multiple"):
+            if _get(rule, extra) is not None:
+                raise ValueError(f"verify rule for metric {name!r} takes max/min, not {extra}")
 
 
 def check_thresholds(metrics: Mapping[str, float], rules: Mapping[str, Any]) -> list[Violation]:
@@ -157,6 +160,8 @@ def check_thresholds(metrics: Mapping[str, float], rules: Mapping[str, Any]) -> 
         if value is None or not math.isfinite(float(value)):
             continue
         on_fail = _get(rule, "on_fail") or "fail"
+        if on_fail == "off":
+            continue
         hi, lo = _get(rule, "max"), _get(rule, "min")
         if hi is not None and value > hi:
             out.append(Violation(name, float(value), float(hi), "max", on_fail))

@@ -167,6 +167,7 @@ def probe_stream(fh: Any, url: str, size: int = 0) -> MediaInfo:
                 raise InputError(f"no video stream in {name} (audio-only or not a video)")
             vs = container.streams.video[0]
             fps = float(vs.average_rate or vs.guessed_rate or 0)
+            nominal = float(vs.guessed_rate or vs.base_rate or 0)
             if vs.duration and vs.time_base:
                 duration = float(vs.duration * vs.time_base)
             else:
@@ -182,6 +183,7 @@ def probe_stream(fh: Any, url: str, size: int = 0) -> MediaInfo:
                 duration=round(duration, 6), codec=vs.codec_context.name, pix_fmt=pix,
                 container=container.format.name, has_alpha="a" in pix.replace("gray", ""),
                 has_audio=bool(container.streams.audio), size=size,
+                nominal_fps=round(nominal, 6) if 0 < nominal < 1000 else 0.0,
             )
     except av.FFmpegError as exc:
         raise InputError(f"{name} is not a readable video ({type(exc).__name__})") from None
@@ -448,7 +450,7 @@ def verify_item(ctx: RunContext, item: Item, media_in: MediaInfo, outputs: list[
                 made.append(p)
         mask_path = paths[1] if len(paths) > 1 else None
         facts = verify_mod.verify_outputs(item, media_in, paths[0], mask_path=mask_path, input_path=input_local)
-        facts["warnings"] = verify_mod.apply_thresholds(item, facts.get("metrics") or {})
+        facts["warnings"] += verify_mod.apply_thresholds(item, facts.get("metrics") or {}, facts)
         return facts
     except (OSError, StorageError) as exc:
         raise VerifyError(f"cannot read output for verification: {exc}") from exc

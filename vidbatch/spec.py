@@ -119,6 +119,9 @@ class MediaInfo:
     has_alpha: bool = False
     has_audio: bool = False
     size: int = 0
+    #: the nominal (constant) frame rate the container states, when it has one; a
+    #: variable-frame-rate input has an average ``fps`` apart from it (0: unknown)
+    nominal_fps: float = 0.0
 
     @property
     def megapixels(self) -> float:
