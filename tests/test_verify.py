@@ -211,3 +211,14 @@ def test_not_a_video_fails_with_facts(tmp_path):
 def test_rule_validation(rules, message):
     with pytest.raises(ValueError, match=message):
         validate_rules(rules)
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_opaque_output_of_odd_block_width_is_opaque(tmp_path, fmt):
+    # 100 px wide: swscale's 4:2:0 -> RGBA conversion leaves the last columns' alpha
+    # unset; alpha is read from the alpha plane, so an opaque video stays opaque
+    out = _clip(tmp_path, "w100", fmt=fmt, width=100, height=60, alpha=False)
+    facts = verify_outputs(_item(background="#00ff00", fmt=fmt), _input(width=100, height=60), out)
+    assert facts["output"]["checks"]["alpha"]["ok"] and facts["output"]["alpha_min"] == 255
+    with pytest.raises(VerifyError, match="no transparency"):
+        verify_outputs(_item(fmt=fmt if fmt != "mp4" else "webm"), _input(width=100, height=60), out)

@@ -206,14 +206,15 @@ def _scan(path: str) -> dict[str, Any]:
     width = height = 0
     error = None
     try:
-        for frame in media.iter_frames(path, "rgba"):
-            frames += 1
-            height, width = frame.shape[:2]
-            a = frame[::4, ::4, 3]
-            lo, hi = int(a.min()), int(a.max())
-            alpha_min, alpha_max = min(alpha_min, lo), max(alpha_max, hi)
-            alpha_sum += float(a.mean())
-            opaque_frames += int(lo == 255)
+        with media.Reader(path) as rd:
+            for frame in rd.frames():
+                frames += 1
+                height, width = frame.height, frame.width
+                a = _alpha(frame)
+                lo, hi = (int(a.min()), int(a.max())) if a is not None else (255, 255)
+                alpha_min, alpha_max = min(alpha_min, lo), max(alpha_max, hi)
+                alpha_sum += float(a.mean()) if a is not None else 255.0
+                opaque_frames += int(lo == 255)
     except InputError as exc:
         error = f"does not decode to the end: {exc} (after {frames} frames)"
     return {
@@ -233,6 +234,21 @@ def _scan(path: str) -> dict[str, Any]:
         "size_bytes": info.size,
         "decode_error": error,
     }
+
+
+def _alpha(frame: Any) -> np.ndarray | None:
+    """The frame's alpha values (a 4x4 subsample, 8-bit), or None when its format has no alpha.
+
+    Read from the alpha plane, never from an RGBA conversion: swscale's 4:2:0 -> RGBA
+    path leaves the alpha of the last columns unset when the width is not a multiple
+    of 16, which reads as transparency an opaque video does not have.
+    """
+    if not any(c.is_alpha for c in frame.format.components):
+        return None
+    yuva = frame.reformat(format="yuva444p")
+    plane = yuva.planes[3]
+    values = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : yuva.width]
+    return values[::4, ::4]
 
 
 @dataclass
