@@ -308,12 +308,16 @@ def emulator(
     fail_jobs: float = typer.Option(0.0, help="Probability that a job fails."),
     expire: float = typer.Option(0.0, help="Probability that a result URL has expired."),
     truncate: float = typer.Option(0.0, help="Probability of a truncated download."),
+    bad_output: float = typer.Option(0.0, help="Probability that a job's result fails verification."),
+    legit_deviation: float = typer.Option(0.0, help="Probability that a job's result deviates as real "
+                                          "providers' do (and passes verification)."),
 ) -> None:
     """Serve the fal, Scenario and removebgvideo protocols on loopback (a sandbox)."""
     from vidbatch.emulator.server import main as serve
 
     serve(host=host, port=port, job_seconds=job_seconds, queue_seconds=queue_seconds, api_key=api_key, seed=seed,
-          p_429=rate_429, p_5xx=rate_5xx, p_drop=drop, p_fail=fail_jobs, p_expire=expire, p_truncate=truncate)
+          p_429=rate_429, p_5xx=rate_5xx, p_drop=drop, p_fail=fail_jobs, p_expire=expire, p_truncate=truncate,
+          bad_output=bad_output, legit_deviation=legit_deviation)
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ removebgvideo_credits, data_dir, public_url, fetch_timeout, engine) plus
 ``FaultConfig`` fields (drop, rate_limit, server_error, lost_response,
 truncate, rules, retry_after, job_failure, completed_with_error,
 expired_urls, slow_jobs, slow_job_seconds, fail_inputs, providers,
-failure_reason, not_video_outputs, wrong_size_outputs; ``fault_routes`` =
+failure_reason, not_video_outputs, wrong_size_outputs, bad_output,
+legit_deviation; ``fault_routes`` =
 ``routes``; rules also take ``respond`` (a canned status/body) and ``delay``
 (a held response) faults).
 

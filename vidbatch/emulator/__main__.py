@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ("job-failure", "jobs fail"),
                         ("completed-with-error", "fal: COMPLETED + error, result 422"),
                         ("expired-urls", "the first download URL of an output is already expired"),
-                        ("slow-jobs", "jobs run --slow-job-seconds longer")):
+                        ("slow-jobs", "jobs run --slow-job-seconds longer"),
+                        ("bad-output", "jobs succeed with a result that fails verification (no alpha, or cut short)"),
+                        ("legit-deviation", "jobs succeed with a result that deviates as real providers' do "
+                                            "(upscale rounded to 16, VFR re-timed, one frame short)")):
         f.add_argument(f"--{name}", type=float, help=help_)
     f.add_argument("--fail-inputs", action="append", help="sha256 or name substring (repeatable, or comma list)")
     f.add_argument("--fault-routes", help="route patterns for request faults, e.g. 'fal:submit,*:status'")

@@ -105,6 +105,15 @@ class FaultConfig(BaseModel):
       file (with the video's name and content type).
     * ``wrong_size_outputs``: the job succeeds with a video of half the
       expected width and height.
+    * ``bad_output``: the job succeeds at the provider but its result fails
+      verification: a transparent output comes back without its alpha
+      channel; any other loses the last quarter of its frames (at least 2:
+      one frame short at the end is a legitimate deviation, below).
+    * ``legit_deviation``: the job succeeds with a result that deviates the
+      way real providers' results do and must pass verification with the
+      default tolerances: an upscale rounded up to a multiple of 16 on each
+      side; a variable-frame-rate input re-timed to its constant nominal
+      rate; any other result one frame short at the end.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -129,6 +138,8 @@ class FaultConfig(BaseModel):
     failure_reason: str = "Emulated job failure (fault injection)"
     not_video_outputs: float = Field(0.0, ge=0.0, le=1.0)
     wrong_size_outputs: float = Field(0.0, ge=0.0, le=1.0)
+    bad_output: float = Field(0.0, ge=0.0, le=1.0)
+    legit_deviation: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("fail_inputs", "routes", "providers", mode="before")
     @classmethod

@@ -86,11 +86,13 @@ class FaultInjector:
         return None
 
     def output_fault(self, provider: str) -> str | None:
-        """``not_video`` / ``wrong_size`` for a succeeded job's outputs, usually None."""
+        """``not_video`` / ``wrong_size`` / ``bad_output`` / ``legit_deviation`` for a
+        succeeded job's outputs, usually None."""
         cfg = self.config
         if provider not in cfg.providers:
             return None
-        for name, p in (("not_video", cfg.not_video_outputs), ("wrong_size", cfg.wrong_size_outputs)):
+        for name, p in (("not_video", cfg.not_video_outputs), ("wrong_size", cfg.wrong_size_outputs),
+                        ("bad_output", cfg.bad_output), ("legit_deviation", cfg.legit_deviation)):
             if p > 0 and self.rng.random() < p:
                 self.injected[f"{provider}:job:{name}"] += 1
                 return name

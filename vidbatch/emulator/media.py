@@ -70,6 +70,8 @@ class MediaInfo:
     duration: float = 0.0
     kind: str = "video"  # video | image
     rate: Fraction | None = field(default=None, repr=False)
+    #: the container's nominal rate; differs from ``rate`` (the average) for a variable-rate input
+    nominal: Fraction | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +109,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
                 raise MediaError("no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            nominal = stream.guessed_rate or stream.base_rate
             frames = int(stream.frames or 0)
             if frames <= 0:
                 # demux only (no decode): one packet per frame for video codecs
@@ -120,7 +123,8 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         raise MediaError("video has no frames")
     fps = float(rate)
     return MediaInfo(width=width, height=height, fps=round(fps, 3), frames=frames,
-                     duration=round(frames / fps, 3) if fps else 0.0, rate=Fraction(rate))
+                     duration=round(frames / fps, 3) if fps else 0.0, rate=Fraction(rate),
+                     nominal=Fraction(nominal) if nominal and 0 < nominal < 1000 else None)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -204,7 +208,11 @@ def write_clip(dst: str | os.PathLike[str], fmt: str, width: int, height: int, f
                     img.save(buf, format="PNG")
                     zf.writestr(f"frame_{i:05d}.png", buf.getvalue())
         else:
-            duration = max(10, int(round(1000 / float(rate))))
+            # per-frame delays rounded cumulatively (GIF: to centiseconds), as FFmpeg's muxers
+            # do, so the total duration stays that of the frames at ``rate``
+            step = 10 if fmt == "gif" else 1
+            ends = [int(round(1000 * (i + 1) / float(rate) / step)) * step for i in range(len(images))]
+            duration = [max(step, b - a) for a, b in zip([0, *ends], ends)]
             kwargs: dict[str, Any] = {"save_all": True, "append_images": images[1:], "duration": duration, "loop": 0}
             if fmt == "gif":
                 kwargs["disposal"] = 2
@@ -381,15 +389,25 @@ def _first_frame(path: Path, fmt: str) -> np.ndarray:
     raise MediaError("engine output has no frames")
 
 
-def run_instant(templates: TemplateCache, work: Work, info: MediaInfo) -> list[Produced]:
-    """Instant mode: the cached synthetic output for this job's shape."""
+def output_size(work: Work, info: MediaInfo) -> tuple[int, int]:
+    """The size a job's output has: the input's, or the upscaled one."""
     from vidbatch.spec import upscaled_size
 
     if work.op == "upscale":
-        width, height = upscaled_size(info.width, info.height, work.factor, work.target)
-    else:
-        width, height = info.width, info.height
-    alpha = work.op != "upscale" and work.background == "transparent" and work.fmt in ALPHA_FORMATS
+        return upscaled_size(info.width, info.height, work.factor, work.target)
+    return info.width, info.height
+
+
+def run_instant(templates: TemplateCache, work: Work, info: MediaInfo, *,
+                size: tuple[int, int] | None = None, alpha: bool | None = None) -> list[Produced]:
+    """Instant mode: the cached synthetic output for this job's shape.
+
+    ``info`` gives the frame count and rate; ``size`` / ``alpha`` override what the
+    job asks for (the output faults use them to spoil or bend a result).
+    """
+    width, height = size or output_size(work, info)
+    if alpha is None:
+        alpha = work.op != "upscale" and work.background == "transparent" and work.fmt in ALPHA_FORMATS
     frames = 1 if work.op == "remove-background-image" else info.frames
     rate = info.rate or (Fraction(info.fps).limit_denominator(100000) if info.fps else Fraction(25))
     path = templates.get(work.fmt, width, height, rate, frames, alpha=alpha)

@@ -205,23 +205,48 @@ class Runner:
         return await self.in_thread(media.run_engine, engine, job.work, sf.path, out_dir, "output")
 
     async def _spoil(self, job: Job, produced: list[media.Produced]) -> list[media.Produced]:
-        """The ``not_video_outputs`` / ``wrong_size_outputs`` faults: replace the video output."""
+        """The output faults: replace the outputs of a succeeded job (see ``FaultConfig``)."""
         kind = self.state.faults.output_fault(job.provider)
-        if kind is None or not produced or job.work is None:
+        if kind is None or not produced or job.work is None or job.work.op == "remove-background-image":
             return produced
         job.fault = job.fault or f"output:{kind}"
         main = produced[0]
+        info = job.input_info or main.info
+        templates = self.state.templates
         if kind == "not_video":
             path = self.state.new_path(main.path.suffix)
             await self.io(path.write_bytes, b"this is not a video\n" * 64)
             bad = media.Produced("video", path, main.content_type, main.info)
-        else:
-            info = job.input_info or main.info
-            half = media.MediaInfo(width=max(2, info.width // 4 * 2), height=max(2, info.height // 4 * 2), fps=info.fps,
-                                   frames=info.frames, duration=info.duration, kind=info.kind, rate=info.rate)
+            return [bad, *produced[1:]]
+        if kind == "wrong_size":
+            half = dataclasses.replace(info, width=max(2, info.width // 4 * 2), height=max(2, info.height // 4 * 2))
             work = dataclasses.replace(job.work, mask=False)
-            bad = (await self.in_thread(media.run_instant, self.state.templates, work, half))[0]
-        return [bad, *produced[1:]]
+            bad = (await self.in_thread(media.run_instant, templates, work, half))[0]
+            return [bad, *produced[1:]]
+        if kind == "bad_output":
+            # what a user rejects: the alpha channel lost, or a result cut short
+            if job.work.op != "upscale" and job.work.background == "transparent" and job.work.fmt in media.ALPHA_FORMATS:
+                job.extra["output_fault"] = "no_alpha"
+                bad = (await self.in_thread(functools.partial(media.run_instant, templates, job.work, info, alpha=False)))[0]
+                return [bad, *produced[1:]]
+            job.extra["output_fault"] = "short"
+            frames = max(1, info.frames - max(2, info.frames // 4))
+            short = dataclasses.replace(info, frames=frames, duration=frames / info.fps if info.fps else 0.0)
+            return await self.in_thread(media.run_instant, templates, job.work, short)
+        # legit_deviation: what real providers do and a verifier must accept
+        if job.work.op == "upscale":
+            job.extra["output_fault"] = "rounded_to_16"
+            width, height = media.output_size(job.work, info)
+            size = (-(-width // 16) * 16, -(-height // 16) * 16)
+            return await self.in_thread(functools.partial(media.run_instant, templates, job.work, info, size=size))
+        if info.nominal and info.rate and info.nominal != info.rate and info.duration:
+            job.extra["output_fault"] = "retimed_cfr"
+            frames = max(1, round(info.duration * float(info.nominal)))
+            bent = dataclasses.replace(info, frames=frames, rate=info.nominal, fps=round(float(info.nominal), 3))
+        else:
+            job.extra["output_fault"] = "one_frame_short"
+            bent = dataclasses.replace(info, frames=max(1, info.frames - 1))
+        return await self.in_thread(media.run_instant, templates, job.work, bent)
 
     def _succeed(self, job: Job, produced: list[media.Produced]) -> None:
         state = self.state
