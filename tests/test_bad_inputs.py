@@ -122,9 +122,9 @@ CASES: list[Case] = [
     Case("job-failed-with-reason", _one("removebgvideo"), 1, "Out of GPU memory on worker 7",
          faults={"job_failure": 1.0, "failure_reason": "Out of GPU memory on worker 7"}, reason="job-failed"),
     Case("result-not-a-video", _one("removebgvideo"), 1,
-         "output failed verification: not a readable video (unknown format, or truncated): clip.webm",
+         "output failed verification: decode: not a readable video (unknown format, or truncated): clip.webm",
          faults={"not_video_outputs": 1.0}, reason="verify"),
-    Case("result-wrong-size", _one("fal"), 1, "output failed verification: size 32x18, expected 64x36",
+    Case("result-wrong-size", _one("fal"), 1, "output failed verification: size: 32x18, expected 64x36",
          faults={"wrong_size_outputs": 1.0}, reason="verify"),
 ]
 

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vidbatch import prefect_env
-from vidbatch.errors import ConfigError, VidbatchError
+from vidbatch.errors import ConfigError, ManifestProblems, VidbatchError
+from vidbatch.redact import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run hosted video AI models in bulk.")
 out = Console(width=None if sys.stdout.isatty() else 140)
@@ -77,6 +78,10 @@ def guarded(fn: Callable[[], int | None]) -> None:
     except BaseException as exc:
         if _was_interrupted():
             _interrupted()  # Prefect may turn the Ctrl-C into its own exception on the way out
+        if isinstance(exc, ManifestProblems):
+            for problem in exc.problems:
+                err.print(f"[bold red]error:[/] {redact(str(problem))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         if isinstance(exc, ConfigError):
             fail(str(exc), 2)
         if isinstance(exc, VidbatchError):
@@ -101,22 +106,23 @@ def _load(manifest: str):  # type: ignore[no-untyped-def]
     return load_manifest(manifest)
 
 
-def _plan(manifest: str):  # type: ignore[no-untyped-def]
-    from vidbatch.inputs import plan_items
+def _plan(manifest: str, emulator: str | None = None, credentials: bool = True):  # type: ignore[no-untyped-def]
+    """The manifest and its items, after every check (``vidbatch.validation``): all
+    problems are reported together, one line each."""
+    from vidbatch.validation import validate as validate_manifest
 
-    m = _load(manifest)
-    return m, plan_items(m)
+    checked = validate_manifest(manifest, emulator=emulator, credentials=credentials)
+    return checked.manifest, checked.items
 
 
 @app.command()
 def validate(manifest: str = typer.Argument(..., help="Manifest path or fsspec URL.")) -> None:
-    """Check a manifest: schema, settings, inputs, output paths, credentials."""
+    """Check a manifest: schema, settings, inputs, output paths, credentials, budget prices.
+
+    Every problem found is one line with its file:line:col."""
 
     def body() -> int:
-        from vidbatch.run import make_providers, providers_used
-
         m, items = _plan(manifest)
-        make_providers(m, providers_used(items), None)
         out.print(f"[green]ok[/] {manifest}: {len(items)} item(s)")
         return 0
 
@@ -142,7 +148,7 @@ def plan(
     def body() -> int:
         from vidbatch.planview import build_plan
 
-        m, items = _plan(manifest)
+        m, items = _plan(manifest, emulator, credentials=False)
         rows, totals = build_plan(m, items, emulator=emulator)
         if as_json:
             typer.echo(json.dumps({"items": rows, "totals": totals}, indent=2))
@@ -211,10 +217,9 @@ def run_cmd(
 
     def body() -> int:
         prefect_env.apply(quiet=not verbose)
-        from vidbatch.run import check_writable, make_providers, providers_used
+        from vidbatch.run import check_writable
 
-        m, items = _plan(manifest)
-        make_providers(m, providers_used(items), emulator)  # credentials checked before anything runs
+        m, items = _plan(manifest, emulator)  # every problem, credentials included, before anything runs
         check_writable(m)  # an unwritable output location is exit 2, before anything is paid for
         # SIGTERM: exit cleanly so Prefect's ephemeral server shuts down (notes/prefect.md §1)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

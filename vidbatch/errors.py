@@ -8,6 +8,7 @@ exception. Task retry conditions derive from one question: ``is it transient?``
     VidbatchError
     ├── ConfigError                  the user's input is wrong; nothing was run (exit 2)
     │   ├── ManifestError            a manifest problem, located at file:line:col
+    │   ├── ManifestProblems         several of them, found together (one line each)
     │   └── CredentialsError         a credential is missing or malformed
     ├── InputError                   an input video is missing, unreadable or unsupported
     ├── StorageError                 an fsspec store refused a read/write
@@ -61,6 +62,20 @@ class ManifestError(ConfigError):
         self.file, self.line, self.col = file, line, col
         where = f"{file}:{line}:{col}: " if file else ""
         super().__init__(f"{where}{message}")
+
+
+class ManifestProblems(ConfigError):
+    """Every problem ``vidbatch validate`` found, in the order found (``problems``).
+
+    ``str()`` is the first problem and how many more there are; the CLI prints
+    each on its own line.
+    """
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = list(problems)
+        more = len(self.problems) - 1
+        super().__init__(str(self.problems[0]) + (f" (and {more} more problem{'s' if more > 1 else ''})"
+                                                  if more > 0 else ""))
 
 
 class CredentialsError(ConfigError):

@@ -19,7 +19,8 @@ from typing import Any, Iterator, Mapping
 
 from vidbatch import storage
 from vidbatch.errors import ConfigError, ManifestError, StorageError
-from vidbatch.manifest import ONLY_FOR, ListEntry, Manifest, Settings, VideoEntry, alpha_message
+from vidbatch.manifest import ONLY_FOR, ListEntry, Manifest, Settings, VideoEntry, alpha_message, setting_path
+from vidbatch.problems import Problems
 from vidbatch.providers import registry
 from vidbatch.spec import ALPHA_FORMATS, FORMAT_EXT, Item, JobSpec, item_key, mask_format
 from vidbatch.yamlpos import Path
@@ -136,36 +137,50 @@ def _listing_rows(url: str, opts: Mapping[str, Any], path: Path, m: Manifest) ->
         raise m.error(path, f"listing {url} must end in .txt, .csv or .jsonl")
 
 
-def iter_sources(m: Manifest) -> Iterator[Source]:
+def iter_sources(m: Manifest, problems: Problems | None = None) -> Iterator[Source]:
+    """The inputs of every videos entry. With ``problems`` (collecting), an entry or a
+    listing row that cannot be read is recorded there and the next one is read."""
+    problems = problems if problems is not None else Problems(fail_fast=True)
     for i, entry in enumerate(m.videos):
-        path: Path = ("videos", i)
-        if isinstance(entry, str):
-            overrides: dict[str, Any] = {}
-            url, extra_opts = entry, None
-        else:
-            overrides = entry.model_dump(exclude_none=True, include=set(SETTING_KEYS))
-            url = entry.url if isinstance(entry, VideoEntry) else entry.list
-            extra_opts = entry.storage_options
-        opts = {**m.storage_options, **(extra_opts or {})}
-        url = _abs_local(url)
-        if isinstance(entry, ListEntry):
-            listing_dir = posixpath.dirname(url)
-            for row_url, row_over, n in _listing_rows(url, opts, path + ("list",), m):
-                if "://" not in row_url:
-                    # relative rows are relative to the listing file's folder
-                    row_url = posixpath.join(listing_dir, row_url) if "://" in url else _abs_local(row_url, listing_dir)
-                # a row's "rel" keeps a glob's tree through a listing (backfill shards)
-                rel = row_over.pop("rel", None) or _strip_ext(posixpath.basename(row_url.split("?")[0]))
-                merged = {**overrides, **row_over}
+        if entry is None:
+            continue  # refused by the schema check (reported there)
+        with problems.collect():
+            yield from _entry_sources(m, i, entry, problems)
+
+
+def _entry_sources(m: Manifest, i: int, entry: Any, problems: Problems) -> Iterator[Source]:
+    path: Path = ("videos", i)
+    if isinstance(entry, str):
+        overrides: dict[str, Any] = {}
+        url, extra_opts = entry, None
+    else:
+        overrides = entry.model_dump(exclude_none=True, include=set(SETTING_KEYS))
+        url = entry.url if isinstance(entry, VideoEntry) else entry.list
+        extra_opts = entry.storage_options
+    opts = {**m.storage_options, **(extra_opts or {})}
+    url = _abs_local(url)
+    if isinstance(entry, ListEntry):
+        listing_dir = posixpath.dirname(url)
+        for row_url, row_over, n in _listing_rows(url, opts, path + ("list",), m):
+            if "://" not in row_url:
+                # relative rows are relative to the listing file's folder
+                row_url = posixpath.join(listing_dir, row_url) if "://" in url else _abs_local(row_url, listing_dir)
+            # a row's "rel" keeps a glob's tree through a listing (backfill shards)
+            rel = row_over.pop("rel", None) or _strip_ext(posixpath.basename(row_url.split("?")[0]))
+            merged = {**overrides, **row_over}
+            try:
                 info = _info(row_url, opts, path + ("list",), m)
-                yield Source(row_url, info, rel, path, merged, opts)
-        elif any(c in url for c in GLOB_CHARS) and storage.protocol_of(url) not in ("http", "https"):
-            for u, info, rel in _expand_glob(url, opts, path, m):
-                yield Source(u, info, rel, path, overrides, opts)
-        else:
-            info = _info(url, opts, path, m)
-            stem = _strip_ext(posixpath.basename(url.split("?")[0]))
-            yield Source(url, info, stem, path, overrides, opts)
+            except ConfigError as exc:
+                problems.add(exc)  # this row; the listing's other rows are still read
+                continue
+            yield Source(row_url, info, rel, path, merged, opts)
+    elif any(c in url for c in GLOB_CHARS) and storage.protocol_of(url) not in ("http", "https"):
+        for u, info, rel in _expand_glob(url, opts, path, m):
+            yield Source(u, info, rel, path, overrides, opts)
+    else:
+        info = _info(url, opts, path, m)
+        stem = _strip_ext(posixpath.basename(url.split("?")[0]))
+        yield Source(url, info, stem, path, overrides, opts)
 
 
 def resolve_settings(m: Manifest, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,16 +217,20 @@ def state_root(m: Manifest) -> str:
     return storage.join(output_root(m), ".vidbatch")
 
 
-def build_spec(m: Manifest, settings: Mapping[str, Any], path: Path) -> JobSpec:
+def build_spec(m: Manifest, settings: Mapping[str, Any], path: Path,
+               written: Mapping[str, Any] | None = None) -> JobSpec:
+    """The item's spec from its resolved settings; ``written``: the settings the item
+    itself writes (its entry or listing row), so that a mistake points where it is written."""
     provider_name = settings.get("provider") or "local"
     try:
         provider_cls = registry.get_class(provider_name)
     except ConfigError as exc:
-        raise m.error(path + ("provider",), str(exc)) from None
+        raise m.error(setting_path(m, path, written or {}, "provider"), str(exc)) from None
     op = settings["operation"]
     info = provider_cls.operations.get(op)
     if info is None:
-        raise m.error(path + ("operation",), f"provider {provider_name!r} does not offer {op!r}")
+        raise m.error(setting_path(m, path, written or {}, "operation", "provider"),
+                      f"provider {provider_name!r} does not offer {op!r}")
     fmt = settings.get("format") or ("webm" if op == "remove-background" else "mp4")
     bg = settings.get("background", "transparent") if op == "remove-background" else "transparent"
     spec = JobSpec(
@@ -228,7 +247,7 @@ def build_spec(m: Manifest, settings: Mapping[str, Any], path: Path) -> JobSpec:
     if op == "upscale" and spec.factor is None and spec.target is None:
         spec = JobSpec(**{**spec.__dict__, "factor": 2.0})
     if spec.transparent and spec.format not in ALPHA_FORMATS:
-        raise m.error(path + ("format",), alpha_message(spec.format))
+        raise m.error(setting_path(m, path, written or {}, "format", "background"), alpha_message(spec.format))
     return spec
 
 
@@ -258,13 +277,14 @@ class Planner:
     def plan(self, src: Source) -> Item | None:
         m = self.manifest
         settings = resolve_settings(m, src.overrides)
-        spec = build_spec(m, settings, src.entry_path)
+        spec = build_spec(m, settings, src.entry_path, src.overrides)
         digest = spec.digest()
         if digest not in self.validated:
             try:
                 registry.create(spec.provider).validate(spec)
             except ConfigError as exc:
-                raise m.error(src.entry_path, str(exc)) from None
+                where = setting_path(m, src.entry_path, src.overrides, *_mentioned(str(exc)))
+                raise m.error(where, str(exc)) from None
             self.validated.add(digest)
         dedupe = (src.url, digest)
         if dedupe in self.seen:
@@ -304,6 +324,12 @@ class Planner:
         return item
 
 
+def _mentioned(message: str) -> list[str]:
+    """The settings a provider's refusal names (``unknown model``, ``unknown param``...)."""
+    words = set(message.replace("'", " ").replace(":", " ").replace(";", " ").split())
+    return [k for k in SETTING_KEYS if k in words or (k == "params" and "param" in words)]
+
+
 def _under(path: str, root: str) -> bool:
     if "://" in path:
         return path.startswith(root.rstrip("/") + "/")
@@ -321,16 +347,21 @@ def _fingerprint(src: Source) -> str:
         raise ConfigError(f"cannot read {src.url}: {exc}") from None
 
 
-def iter_items(m: Manifest, *, date: str | None = None) -> Iterator[Item]:
+def iter_items(m: Manifest, *, date: str | None = None, problems: Problems | None = None) -> Iterator[Item]:
+    """Planned items, streaming. With ``problems`` (collecting), an input that cannot be
+    planned is recorded there and planning goes on with the next."""
+    problems = problems if problems is not None else Problems(fail_fast=True)
     planner = Planner(m) if date is None else Planner(m, date=date)
-    for src in iter_sources(m):
-        item = planner.plan(src)
+    for src in iter_sources(m, problems):
+        item = None
+        with problems.collect():
+            item = planner.plan(src)
         if item is not None:
             yield item
 
 
-def plan_items(m: Manifest, *, date: str | None = None) -> list[Item]:
-    items = list(iter_items(m, date=date))
-    if not items:
+def plan_items(m: Manifest, *, date: str | None = None, problems: Problems | None = None) -> list[Item]:
+    items = list(iter_items(m, date=date, problems=problems))
+    if not items and not problems:
         raise ManifestError("the manifest lists no videos", file=m.source)
     return items

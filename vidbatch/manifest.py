@@ -8,16 +8,18 @@ returns a validated ``Manifest``; every problem becomes a one-line
 
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
 import re
 import string
 from pathlib import Path as FsPath
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Callable, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vidbatch.errors import ManifestError
+from vidbatch.problems import Problems
 from vidbatch.spec import ALPHA_FORMATS, FORMATS, TARGETS
 from vidbatch.yamlpos import Path, Positions, format_path, load
 
@@ -78,6 +80,10 @@ class Settings(_Strict):
         raise ValueError(
             f"background {value!r} is not 'transparent', a '#rrggbb' colour or an image URL/path"
         )
+
+
+#: the settings a videos entry, a listing row or ``defaults:`` may write
+SETTING_NAMES: tuple[str, ...] = tuple(Settings.model_fields)
 
 
 class VideoEntry(Settings):
@@ -203,48 +209,104 @@ def _describe(err: Mapping[str, Any], model_fields: list[str]) -> tuple[str, boo
     return f"{err['msg'][0].lower()}{err['msg'][1:]} (got {shown})", False
 
 
-def _raise_first(exc: ValidationError, base: Path, pos: Positions, model: type[BaseModel]) -> ManifestError:
+#: type tags pydantic puts in an error's location for a union member
+_TYPE_TAGS = frozenset({"bool", "str", "int", "float", "list", "dict", "none"})
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in _TYPE_TAGS)))
+
+
+def _errors(exc: ValidationError, base: Path, pos: Positions, model: type[BaseModel]) -> list[ManifestError]:
+    """One located error per mistake pydantic found, most telling first.
+
+    A misspelt key explains the "missing" error of the key it was meant to be, so
+    that one is left out; of a union's per-member errors the deepest is kept.
+    """
     errs = exc.errors(include_url=False)
-    # a misspelt key explains the "missing" error of the key it was meant to be
     rank = {"extra_forbidden": 0, "missing": 2}
-    err = min(errs, key=lambda e: rank.get(e["type"], 1))
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-    sub: type[BaseModel] = model
-    for part in loc[:-1]:
-        field = sub.model_fields.get(str(part)) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None) if field else None
-        for candidate in (ann, *typing.get_args(ann)):  # Model, dict[str, Model], list[Model]
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                sub = candidate
-                break
-    message, is_key = _describe(err, _fields(sub))
-    if err["type"] == "missing":
-        return pos.error(base + loc[:-1], message)
-    return pos.error(base + loc, message, key=is_key)
+    errs = sorted(errs, key=lambda e: rank.get(e["type"], 1))
+    misspelt = {_clean_loc(e["loc"])[:-1] for e in errs if e["type"] == "extra_forbidden"}
+    locs = [_clean_loc(e["loc"]) for e in errs]
+    out: list[ManifestError] = []
+    seen: set[tuple[Any, ...]] = set()
+    for err, loc in zip(errs, locs):
+        if err["type"] == "missing" and loc[:-1] in misspelt:
+            continue
+        if loc in seen or any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
+            continue
+        seen.add(loc)
+        sub: type[BaseModel] = model
+        for part in loc[:-1]:
+            field = sub.model_fields.get(str(part)) if isinstance(part, str) else None
+            ann = getattr(field, "annotation", None) if field else None
+            for candidate in (ann, *typing.get_args(ann)):  # Model, dict[str, Model], list[Model]
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    sub = candidate
+                    break
+        message, is_key = _describe(err, _fields(sub))
+        if err["type"] == "missing":
+            out.append(pos.error(base + loc[:-1], message))
+        else:
+            out.append(pos.error(base + loc, message, key=is_key))
+    return out
+
+
+def _raise_first(exc: ValidationError, base: Path, pos: Positions, model: type[BaseModel]) -> ManifestError:
+    return _errors(exc, base, pos, model)[0]
 
 
 def _validate_entry(raw: Any, path: Path, pos: Positions) -> Any:
+    """The entry as a model (or its URL string), or the list of its mistakes."""
     if isinstance(raw, str):
         if not raw.strip():
-            return pos.error(path, "empty video URL; give a path, URL or glob")
+            return [pos.error(path, "empty video URL; give a path, URL or glob")]
         return raw
     if not isinstance(raw, dict):
-        return pos.error(path, "a videos entry must be a URL/glob string, {url: ...} or {list: ...}")
+        return [pos.error(path, "a videos entry must be a URL/glob string, {url: ...} or {list: ...}")]
     kinds = [k for k in _ENTRY_FIELDS if k in raw]
     if len(kinds) != 1:
         if not kinds:
             close = difflib.get_close_matches(" ".join(raw), list(_ENTRY_FIELDS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            return pos.error(path, f"a videos entry mapping needs a 'url' or a 'list' key{hint}")
-        return pos.error(path, "a videos entry has either 'url' or 'list', not both")
+            return [pos.error(path, f"a videos entry mapping needs a 'url' or a 'list' key{hint}")]
+        return [pos.error(path, "a videos entry has either 'url' or 'list', not both")]
     model = _ENTRY_FIELDS[kinds[0]]
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        return _raise_first(exc, path, pos, model)
+        return _errors(exc, path, pos, model)
 
 
-def parse_manifest(data: Any, pos: Positions, source: str = "") -> Manifest:
+#: top-level keys without which there is no manifest to check further
+_REQUIRED = frozenset({"version", "name", "output", "videos"})
+
+
+def _drop(data: dict[str, Any], locs: list[tuple[Any, ...]]) -> bool:
+    """Remove the settings pydantic refused, so that the rest can be checked; False when
+    a required one is among them (nothing more can be checked)."""
+    for loc in locs:
+        if not loc or (loc[0] in _REQUIRED and len(loc) == 1):
+            return False
+        node: Any = data
+        for part in loc[:-1]:
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            if isinstance(node, dict):
+                node.pop(loc[-1], None)
+                continue
+        data.pop(loc[0], None)  # the mistake is inside a list or a value: drop the whole setting
+    return True
+
+
+def parse_manifest(data: Any, pos: Positions, source: str = "", problems: Problems | None = None) -> Manifest | None:
+    """The validated manifest. With ``problems`` (collecting), every mistake is recorded there,
+    a videos entry with mistakes is left out (``None`` in ``videos``), and None is returned
+    when no manifest could be built; without, the first mistake is raised."""
+    problems = problems if problems is not None else Problems(fail_fast=True)
     if not isinstance(data, dict):
         raise pos.error((), "a manifest is a YAML mapping with version, name, output and videos")
     videos = data.get("videos")
@@ -252,18 +314,31 @@ def parse_manifest(data: Any, pos: Positions, source: str = "") -> Manifest:
     if isinstance(videos, list):
         for i, raw in enumerate(videos):
             got = _validate_entry(raw, ("videos", i), pos)
-            if isinstance(got, ManifestError):
-                raise got
-            entries.append(got)
+            if isinstance(got, list):
+                for err in got:
+                    problems.add(err)
+                entries.append(None)
+            else:
+                entries.append(got)
     top = dict(data)
     if isinstance(videos, list):
         top["videos"] = ["placeholder"] * len(videos)  # validated above, entry by entry
-    try:
-        manifest = Manifest.model_validate(top)
-    except ValidationError as exc:
-        raise _raise_first(exc, (), pos, Manifest) from None
+    manifest = None
+    for _ in range(8):
+        try:
+            manifest = Manifest.model_validate(top)
+            break
+        except ValidationError as exc:
+            found = _errors(exc, (), pos, Manifest)
+            for err in found:
+                problems.add(err)
+            top = copy.deepcopy(top)
+            if not _drop(top, [_clean_loc(e["loc"]) for e in exc.errors(include_url=False)]):
+                return None
+    if manifest is None:
+        return None
     manifest = manifest.model_copy(update={"videos": entries, "source": source, "positions": pos})
-    _check_semantics(manifest)
+    _check_semantics(manifest, problems)
     return manifest
 
 
@@ -277,34 +352,74 @@ def _check_rules(m: Manifest, rules: Mapping[str, Any] | None, path: Path) -> No
             raise m.error(path + (name,), str(exc)) from None
 
 
-def _check_semantics(m: Manifest) -> None:
-    """Checks that need more than one field; per-item checks happen in ``plan``."""
+def setting_path(m: Manifest, entry_path: Path, overrides: Mapping[str, Any], *keys: str) -> Path:
+    """Where the setting behind a mistake is written: on the item (its first key of ``keys``
+    it writes), else in ``defaults:`` (its line, so an inherited mistake is one line)."""
+    for key in keys:
+        if key in overrides:
+            return entry_path + (key,)
+    written = m.defaults.model_dump(exclude_none=True)
+    for key in keys:
+        if key in written:
+            return ("defaults", key)
+    if any(k in overrides for k in SETTING_NAMES):
+        return entry_path
+    return ("defaults",)
+
+
+def _check_output(m: Manifest) -> None:
     _check_template(m, m.output, ("output",))
+
+
+def _check_top_rules(m: Manifest) -> None:
     _check_rules(m, m.verify, ("verify",))
     _check_rules(m, m.defaults.verify, ("defaults", "verify"))
-    for i, entry in enumerate(m.videos):
-        if not isinstance(entry, str):
-            _check_rules(m, entry.verify, ("videos", i, "verify"))
+
+
+def _check_defaults(m: Manifest) -> None:
     d = m.defaults
     if d.factor is not None and d.target is not None:
         raise m.error(("defaults", "target"), "give either factor or target, not both")
+
+
+def _check_entry_rules(m: Manifest, i: int, entry: Any) -> None:
+    if not isinstance(entry, str):
+        _check_rules(m, entry.verify, ("videos", i, "verify"))
+
+
+def _check_entry_settings(m: Manifest, i: int, entry: Any) -> None:
+    d = m.defaults
+    written = {} if isinstance(entry, str) else entry.model_dump(exclude_none=True, include=set(SETTING_NAMES))
+    if written.get("factor") is not None and written.get("target") is not None:
+        raise m.error(("videos", i, "target"), "give either factor or target, not both")
+    op = written.get("operation") or d.operation or "remove-background"
+    for key, only in ONLY_FOR.items():
+        if written.get(key) is not None and op != only:
+            raise m.error(("videos", i, key), f"{key!r} does not apply to operation {op!r} (only to {only}); remove it")
+    fmt = written.get("format") or d.format or "webm"
+    bg = written.get("background") or (d.background if op == "remove-background" else None) or "transparent"
+    if op == "remove-background" and bg == "transparent" and fmt not in ALPHA_FORMATS:
+        raise m.error(setting_path(m, ("videos", i), written, "format", "background"), alpha_message(fmt))
+
+
+#: checks of the whole manifest and of each videos entry: each raises ``ManifestError``
+#: for one mistake; ``vidbatch validate`` runs every one and reports all they find
+MANIFEST_CHECKS: list[Callable[[Manifest], None]] = [_check_output, _check_top_rules, _check_defaults]
+ENTRY_CHECKS: list[Callable[[Manifest, int, Any], None]] = [_check_entry_rules, _check_entry_settings]
+
+
+def _check_semantics(m: Manifest, problems: Problems | None = None) -> None:
+    """Checks that need more than one field; per-item checks happen in ``plan``."""
+    problems = problems if problems is not None else Problems(fail_fast=True)
+    for check in MANIFEST_CHECKS:
+        with problems.collect():
+            check(m)
     for i, entry in enumerate(m.videos):
-        if isinstance(entry, str):
-            continue
-        if entry.factor is not None and entry.target is not None:
-            raise m.error(("videos", i, "target"), "give either factor or target, not both")
-        op = entry.operation or d.operation or "remove-background"
-        for key, only in ONLY_FOR.items():
-            if getattr(entry, key) is not None and op != only:
-                raise m.error(
-                    ("videos", i, key),
-                    f"{key!r} does not apply to operation {op!r} (only to {only}); remove it",
-                )
-        fmt = entry.format or d.format or "webm"
-        bg = entry.background or d.background or "transparent"
-        if op == "remove-background" and bg == "transparent" and fmt not in ALPHA_FORMATS:
-            field = "format" if entry.format else "background"
-            raise m.error(("videos", i, field), alpha_message(fmt))
+        if entry is None:
+            continue  # its own mistakes are reported already
+        for entry_check in ENTRY_CHECKS:
+            with problems.collect():
+                entry_check(m, i, entry)
 
 
 def alpha_message(fmt: str) -> str:
@@ -330,8 +445,13 @@ def _check_template(m: Manifest, template: str, path: Path) -> None:
         raise m.error(path, "output template must not contain '..'; write outputs under one root")
 
 
-def load_manifest(source: str, storage_options: Mapping[str, Any] | None = None) -> Manifest:
-    """Load and validate a manifest from a local path or an fsspec URL."""
+def load_manifest(source: str, storage_options: Mapping[str, Any] | None = None,
+                  problems: Problems | None = None) -> Manifest:
+    """Load and validate a manifest from a local path or an fsspec URL.
+
+    With ``problems`` (collecting), mistakes are recorded there and the manifest is
+    returned as far as it could be built (raising only when nothing could be).
+    """
     from vidbatch import storage
 
     if "://" in source and not source.startswith("file://"):
@@ -354,7 +474,12 @@ def load_manifest(source: str, storage_options: Mapping[str, Any] | None = None)
     data, pos = load(text, shown)
     if data is None:
         raise ManifestError("the manifest is empty; see configs/examples/demo.yaml", file=shown, line=1, col=1)
-    return parse_manifest(data, pos, shown)
+    manifest = parse_manifest(data, pos, shown, problems)
+    if manifest is None:
+        assert problems is not None  # fail-fast parsing raised already
+        problems.raise_if_any()
+        raise ManifestError("the manifest could not be read", file=shown)
+    return manifest
 
 
 def json_schema() -> dict[str, Any]:

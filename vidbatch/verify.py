@@ -200,7 +200,7 @@ def _scan(path: str) -> dict[str, Any]:
         info = media.probe(path)
     except InputError as exc:
         return {"frames": 0, "width": 0, "height": 0, "fps": 0.0, "duration": 0.0, "alpha_min": None,
-                "decode_error": f"is not a readable video: {exc}"}
+                "decode_error": str(exc)}
     frames = 0
     alpha_min, alpha_max, alpha_sum, opaque_frames = 255, 0, 0.0, 0
     width = height = 0
@@ -281,7 +281,7 @@ def _timing_checks(judge: _Judge, facts: Mapping[str, Any], media_in: MediaInfo,
     rates = _rates(media_in)
     fps_ok = not rates or not out_fps or any(abs(out_fps - r) <= rel * r + 1e-9 for r in rates)
     judge("fps", fps_ok, "" if fps_ok else
-          f"{out_fps:.3f} fps, the input has {' or '.join(f'{r:.3f}' for r in rates)}",
+          f"{out_fps:.3f}, the input has {' or '.join(f'{r:.3f}' for r in rates)}",
           expected=[round(r, 3) for r in rates])
     # frame count: the input's, or (a VFR input re-timed to a constant rate) its duration at the output's rate
     want = media_in.frames if ref_frames is None else ref_frames
@@ -301,7 +301,7 @@ def _timing_checks(judge: _Judge, facts: Mapping[str, Any], media_in: MediaInfo,
     allowed = (pol["duration"].tolerance or 0.0) / slow + step
     dur_ok = not (out_dur and media_in.duration) or abs(out_dur - media_in.duration) <= allowed + 1e-9
     judge("duration", dur_ok, "" if dur_ok else
-          f"duration {out_dur:.3f} s, the input lasts {media_in.duration:.3f} s (tolerance {allowed:.3f} s)",
+          f"{out_dur:.3f} s, the input lasts {media_in.duration:.3f} s (tolerance {allowed:.3f} s)",
           expected=round(media_in.duration, 6), tolerance_s=round(allowed, 6))
 
 
@@ -332,7 +332,7 @@ def check_video(item: Item, media_in: MediaInfo, path: str, *, transparent: bool
         widths, heights = accepted_sides(want_w, multiple), accepted_sides(want_h, multiple)
         size_ok = facts["width"] in widths and facts["height"] in heights
         judge("size", size_ok, "" if size_ok else
-              f"size {facts['width']}x{facts['height']}, expected {want_w}x{want_h}"
+              f"{facts['width']}x{facts['height']}, expected {want_w}x{want_h}"
               + (f" (or each side rounded to a multiple of up to {multiple})" if multiple > 1 else ""),
               expected=[want_w, want_h], multiple=multiple)
         _timing_checks(judge, facts, media_in, pol)
