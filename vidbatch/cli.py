@@ -256,6 +256,51 @@ def _root(m) -> str:  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def accept(
+    manifest: str = typer.Argument(..., help="Manifest path or fsspec URL."),
+    key: Optional[list[str]] = typer.Option(None, "--key", help="An item's key (8+ characters); repeatable."),
+    every: bool = typer.Option(False, "--all", help="Every quarantined item of this manifest."),
+) -> None:
+    """Promote quarantined results to their final paths as they are (no provider call)."""
+
+    def body() -> int:
+        from vidbatch.quarantine import select
+
+        q, keys = select(_load(manifest), key, every)
+        for k in keys:
+            record = q.accept(k)
+            out.print(f"accepted {k[:12]}: {', '.join(record['outputs'])}", highlight=False, soft_wrap=True)
+        if not keys:
+            out.print("nothing quarantined for this manifest")
+        return 0
+
+    guarded(body)
+
+
+@app.command()
+def reject(
+    manifest: str = typer.Argument(..., help="Manifest path or fsspec URL."),
+    key: Optional[list[str]] = typer.Option(None, "--key", help="An item's key (8+ characters); repeatable."),
+    every: bool = typer.Option(False, "--all", help="Every quarantined item of this manifest."),
+) -> None:
+    """Delete quarantined results; the next run submits those items again (and pays again)."""
+
+    def body() -> int:
+        from vidbatch.quarantine import select
+
+        q, keys = select(_load(manifest), key, every)
+        for k in keys:
+            doc = q.reject(k)
+            out.print(f"rejected {k[:12]}: deleted {len(doc['files'])} file(s); the next run submits it again",
+                      highlight=False)
+        if not keys:
+            out.print("nothing quarantined for this manifest")
+        return 0
+
+    guarded(body)
+
+
+@app.command()
 def inspect(path: str = typer.Argument(..., help="A video file (local path or fsspec URL).")) -> None:
     """Probe a video and print its facts as JSON."""
 

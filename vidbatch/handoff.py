@@ -34,6 +34,8 @@ One row per item, the same fields as the JSONL ``ReportRow`` v1, typed:
 | metrics     | map<string, float64>              | quality metrics (non-numeric values are left out)  |
 | warnings    | list<string>                      | thresholds crossed with ``on_fail: warn``; notes   |
 | finished_at | timestamp[ms, UTC]                | when the item finished                             |
+| accepted    | bool                              | verified by the user's acceptance (``vidbatch accept``), not by its checks |
+| quarantine  | string (JSON object), nullable    | a paid result held back: ``urls``, final ``outputs``, ``reason``, ``facts`` |
 
 ``params`` and ``verify`` are JSON strings because their keys differ by provider
 and operation; read them with ``json.loads`` or DuckDB's ``json_extract``.
@@ -129,6 +131,8 @@ def arrow_schema(manifest: str = "") -> pa.Schema:
         pa.field("metrics", pa.map_(pa.string(), pa.float64())),
         pa.field("warnings", pa.list_(pa.string())),
         pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("accepted", pa.bool_()),
+        pa.field("quarantine", pa.string()),
     ]
     meta = {"vidbatch.report_schema": str(HANDOFF_SCHEMA_VERSION), "vidbatch.manifest": manifest}
     return pa.schema(fields, metadata=meta)
@@ -186,6 +190,8 @@ def parquet_record(row: ReportRow | Mapping[str, Any]) -> dict[str, Any]:
         "metrics": [(str(k), v) for k, v in ((k, _num(v)) for k, v in metrics.items()) if v is not None],
         "warnings": [str(w) for w in d.get("warnings") or []],
         "finished_at": _finished(d.get("finished_at")),
+        "accepted": bool(d.get("accepted")),
+        "quarantine": json.dumps(d["quarantine"], sort_keys=True, default=str) if d.get("quarantine") else None,
     }
 
 

@@ -25,6 +25,8 @@ Schema version 1 (``REPORT_SCHEMA_VERSION``); every row has every field:
 | metrics      | dict[str,float] | quality metrics                                          |
 | warnings     | list[str]       | thresholds crossed with ``on_fail: warn``; notes          |
 | finished_at  | str             | ISO-8601 UTC                                              |
+| accepted     | bool            | verified by the user's acceptance, not by its checks      |
+| quarantine   | dict or null    | a paid result held back: urls, outputs, reason, facts     |
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class ReportRow(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     finished_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    accepted: bool = False
+    quarantine: dict[str, Any] | None = None
 
     model_config = {"populate_by_name": True, "protected_namespaces": ()}
 
@@ -74,6 +78,10 @@ class ReportRow(BaseModel):
         data["outputs"] = [redact_url(o) for o in data["outputs"]]
         if data["error"]:
             data["error"] = redact(data["error"])
+        if data["quarantine"]:
+            q = data["quarantine"]
+            q["urls"] = [redact_url(u) for u in q.get("urls") or []]
+            q["outputs"] = [redact_url(u) for u in q.get("outputs") or []]
         return json.loads(redact(json.dumps(data)))
 
 
@@ -91,7 +99,7 @@ def read_jsonl(url: str, storage_options: dict[str, Any] | None = None) -> list[
 
 
 def summarize(rows: Iterable[ReportRow]) -> dict[str, Any]:
-    total = verified = failed = skipped = cached = 0
+    total = verified = failed = skipped = cached = quarantined = 0
     cost = 0.0
     for r in rows:
         total += 1
@@ -99,8 +107,9 @@ def summarize(rows: Iterable[ReportRow]) -> dict[str, Any]:
         failed += r.status == "failed"
         skipped += r.status == "skipped"
         cached += r.cached
+        quarantined += r.quarantine is not None
         cost += r.cost_usd or 0.0
     return {
         "items": total, "verified": verified, "failed": failed, "skipped": skipped,
-        "cached": cached, "cost_usd": round(cost, 4),
+        "cached": cached, "quarantined": quarantined, "cost_usd": round(cost, 4),
     }
